@@ -31,19 +31,10 @@ import subprocess
 import sys
 import tempfile
 
+from gpunn.kernels import FAMILIES
+
 #: The kernel families, one module of gpunn.kernels each.
-KERNEL_MODULES = (
-    "bias_act",
-    "act_backward",
-    "bias_grad",
-    "softmax",
-    "softmax_xent",
-    "mse",
-    "sgd",
-    "count_correct",
-    "gemm",
-    "reduce",
-)
+KERNEL_MODULES = FAMILIES
 
 DEFAULT_ARCHS = ("sm_70", "sm_80", "sm_90")
 

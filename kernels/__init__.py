@@ -11,5 +11,11 @@ bias_grad      column sum (two deterministic stages)
 softmax        row softmax forward and backward  softmax_xent   fused softmax + cross-entropy
 mse            quadratic loss + gradient         sgd            fused SGD / momentum / weight decay
 count_correct  argmax == label count             gemm           shared-memory tiled GEMM
+batch          the training loop's state on the device: gather the batch, advance the step
 reduce         block reductions and the final loss reduction shared by the row kernels
 """
+
+#: Every family module, by name: what the cuda backend launches from and the PTX checks compile.
+FAMILIES = ("bias_act", "act_backward", "bias_grad", "softmax", "softmax_xent", "mse", "sgd", "count_correct",
+            "gemm", "batch", "reduce")
+

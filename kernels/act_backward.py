@@ -10,13 +10,13 @@ from numba import cuda, float32, int32, void
 
 from gpunn.backend import ops
 from gpunn.kernels.bias_act import RELU, SIGMOID, TANH
-from gpunn.kernels.launch import ELEMENTWISE_THREADS, F0, ONE, KernelSpec, elementwise_config
+from gpunn.kernels.launch import ELEMENTWISE_THREADS, F0, ONE, KernelSpec, elementwise_config, jit
 
 cost = ops.act_backward_cost
 """FLOPs and bytes of one call (the op set's formula)."""
 
 
-@cuda.jit
+@jit
 def act_backward_kernel(y, dy, out, act):
     """``out[i] = dy[i] * act'`` from ``y[i]``, over flat (N*D,) arrays."""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):

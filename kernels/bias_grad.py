@@ -24,6 +24,7 @@ from gpunn.kernels.launch import (
     cdiv,
     clamp_grid,
     elementwise_config,
+    jit,
 )
 
 TILE_COLS = 32  # columns per block (threadIdx.x)
@@ -35,7 +36,7 @@ cost = ops.bias_grad_cost
 """FLOPs and bytes of one call (the op set's formula; the partial sums are extra traffic)."""
 
 
-@cuda.jit
+@jit
 def bias_grad_partial_kernel(dy, partial, rows_per_chunk):
     """``partial[chunk, col] = sum of dy[r, col]`` over the chunk's rows, in a fixed order."""
     sh = cuda.shared.array((ROW_LANES, TILE_COLS), float32)
@@ -64,7 +65,7 @@ def bias_grad_partial_kernel(dy, partial, rows_per_chunk):
         cuda.syncthreads()  # sh is reused by the next tile
 
 
-@cuda.jit
+@jit
 def bias_grad_sum_kernel(partial, out):
     """``out[col] = sum over chunks of partial[chunk, col]``, chunks in order."""
     for col in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):

@@ -2,7 +2,9 @@
 
 Per element: ``g = grad + weight_decay * p``; with momentum ``v = momentum * v + g``
 and ``step = g + momentum * v`` (Nesterov) or ``v``; without, ``step = g``;
-``p -= lr * step``.  One grid-stride pass over the flattened parameter: reads p, g
+``p -= lr * step``.  The rate is a number fixed at launch, or read on the device from
+``lr_ref[0]`` (``lr_on_device = 1``): what a step replayed as a CUDA graph needs, since a
+graph replays the numbers it was captured with.  One grid-stride pass over the flattened parameter: reads p, g
 (and v), writes p (and v): memory-bound, and one launch per parameter instead of
 the four or five separate passes the unfused update would make.
 """
@@ -11,15 +13,18 @@ from __future__ import annotations
 from numba import cuda, float32, int32, void
 
 from gpunn.backend import ops
-from gpunn.kernels.launch import ELEMENTWISE_THREADS, F0, KernelSpec, elementwise_config
+from gpunn.kernels.launch import ELEMENTWISE_THREADS, F0, KernelSpec, elementwise_config, jit
 
 cost = ops.sgd_update_cost
 """FLOPs and bytes of one call (the op set's formula)."""
 
 
-@cuda.jit
-def sgd_kernel(param, grad, velocity, lr, momentum, weight_decay, nesterov):
-    """One SGD step on flat (P,) arrays; velocity is a one-element dummy when momentum is 0."""
+@jit
+def sgd_kernel(param, grad, velocity, lr_value, lr_ref, lr_on_device, momentum, weight_decay, nesterov):
+    """One SGD step on flat (P,) arrays; velocity is a one-element dummy when momentum is 0.
+
+    The rate is ``lr_ref[0]`` when ``lr_on_device``, else ``lr_value``."""
+    lr = lr_ref[0] if lr_on_device else lr_value
     for i in range(cuda.grid(1), param.shape[0], cuda.gridsize(1)):
         p = param[i]
         g = grad[i]
@@ -37,6 +42,6 @@ def launch_config(p: int, threads: int = ELEMENTWISE_THREADS, max_blocks: int | 
     return elementwise_config(p, threads, max_blocks)
 
 
-SIGNATURES = [void(float32[::1], float32[::1], float32[::1], float32, float32, float32, int32)]
+SIGNATURES = [void(float32[::1], float32[::1], float32[::1], float32, float32[::1], int32, float32, float32, int32)]
 
 KERNELS = (KernelSpec("sgd_update", sgd_kernel, tuple(SIGNATURES), ELEMENTWISE_THREADS, 0, "sgd_update"),)

@@ -23,3 +23,7 @@ class BackendUnavailable(GpunnError):
 
 class TrainingDiverged(GpunnError):
     """The loss became NaN or infinite."""
+
+
+class GraphUnavailable(GpunnError):
+    """A step cannot be captured as a CUDA graph here (the numpy backend, the simulator, a failed capture)."""

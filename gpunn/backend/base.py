@@ -14,7 +14,7 @@ import abc
 import numpy as np
 
 from gpunn.backend.ops import ACTIVATIONS
-from gpunn.errors import ShapeError
+from gpunn.errors import GraphUnavailable, ShapeError
 
 float32 = np.dtype(np.float32)
 int32 = np.dtype(np.int32)
@@ -66,6 +66,20 @@ class Backend(abc.ABC):
     def to_numpy(self, a) -> np.ndarray:
         """Copy a device array to the host (on a GPU this synchronises)."""
         return np.asarray(a)
+
+    def upload(self, host, out) -> None:
+        """Copy the host array ``host`` into the existing device array ``out`` (same shape).
+
+        No allocation: a CUDA graph reads ``out`` at the address it had when captured."""
+        np.copyto(out, host, casting="same_kind")
+
+    def capture(self, fn):
+        """Record the device work ``fn()`` queues as a graph and return a callable that replays it.
+
+        Nothing runs while capturing; every replay runs that work again, reading whatever
+        device memory holds then.  Raises :class:`GraphUnavailable` (with the reason) on a
+        backend or in a situation that has no graphs; the caller then runs ``fn`` eagerly."""
+        raise GraphUnavailable(f"the {self.name} backend has no CUDA graphs")
 
     def synchronize(self) -> None:
         """Wait until all queued work is done (a no-op on the CPU)."""
@@ -155,12 +169,19 @@ class Backend(abc.ABC):
 
         ``g = grad + weight_decay * param``; with momentum ``v = momentum * v + g`` and
         ``step = g + momentum * v`` (Nesterov) or ``v``; without, ``step = g``;
-        ``param -= lr * step``.  velocity may be None when momentum is 0."""
+        ``param -= lr * step``.  velocity may be None when momentum is 0.
+
+        ``lr`` is a number, or a one-element array on the device whose value the op reads
+        when it runs (a step replayed as a CUDA graph gets its rate that way)."""
         _check("sgd_update", "param", param, dtype=self.dtype)
         _check("sgd_update", "grad", grad, shape=param.shape, dtype=self.dtype)
         if momentum:
             _check("sgd_update", "velocity", velocity, shape=param.shape, dtype=self.dtype)
-        self._sgd_update(param, grad, velocity, float(lr), float(momentum), float(weight_decay), bool(nesterov))
+        if hasattr(lr, "shape"):
+            _check("sgd_update", "lr", lr, shape=(1,), dtype=self.dtype)
+        else:
+            lr = float(lr)
+        self._sgd_update(param, grad, velocity, lr, float(momentum), float(weight_decay), bool(nesterov))
 
     def count_correct(self, scores, labels, out):
         """``out[0] += number of rows whose argmax (first on ties) equals the label``.
@@ -170,6 +191,51 @@ class Backend(abc.ABC):
         _check("count_correct", "labels", labels, shape=(scores.shape[0],), dtype=int32)
         _check("count_correct", "out", out, shape=(1,), dtype=int32)
         self._count_correct(scores, labels, out)
+
+    def gather_batch(self, x, labels, order, cursor, xb, yb):
+        """The batch at the cursor: ``xb[i] = x[order[c + i]]``, ``yb[i] = labels[order[c + i]]``.
+
+        x (N,D) float, labels (N,) int32, order (M,) int32 (an epoch's permutation of
+        0..N-1), cursor (2,) int32 whose ``c = cursor[0]`` is read on the device when the
+        op runs, xb (B,D), yb (B,).  The training step's batch comes from device memory,
+        so a step captured as a CUDA graph trains on a new batch at every replay.
+
+        This checked form reads the cursor and that part of ``order`` back to validate
+        them (on a GPU, a synchronisation); the trainer calls ``_gather_batch``."""
+        _check("gather_batch", "x", x, ndim=2, dtype=self.dtype)
+        _check("gather_batch", "labels", labels, shape=(x.shape[0],), dtype=int32)
+        _check("gather_batch", "order", order, ndim=1, dtype=int32)
+        _check("gather_batch", "cursor", cursor, shape=(2,), dtype=int32)
+        _check("gather_batch", "xb", xb, ndim=2, dtype=self.dtype)
+        if xb.shape[1] != x.shape[1]:
+            raise ShapeError(f"gather_batch: xb must have {x.shape[1]} columns like x, got shape {tuple(xb.shape)}")
+        _check("gather_batch", "yb", yb, shape=(xb.shape[0],), dtype=int32)
+        start, b = int(self.to_numpy(cursor)[0]), xb.shape[0]
+        if not 0 <= start <= order.shape[0] - b:
+            raise ShapeError(f"gather_batch: cursor[0] = {start} leaves no room for {b} rows in an order of "
+                             f"{order.shape[0]}")
+        index = self.to_numpy(order[start:start + b])
+        bad = np.flatnonzero((index < 0) | (index >= x.shape[0]))
+        if bad.size:
+            raise ShapeError(f"gather_batch: order[{start + int(bad[0])}] = {int(index[bad[0]])} is outside "
+                             f"0..{x.shape[0] - 1}")
+        self._gather_batch(x, labels, order, cursor, xb, yb)
+
+    def advance_step(self, cursor, stride, lr_table, lr):
+        """Move on to the next step, on the device: ``cursor[0] += stride``, ``cursor[1] += 1``,
+        ``lr[0] = lr_table[min(cursor[1], len(lr_table) - 1)]``.
+
+        cursor (2,) int32 = (position in the epoch's order, step), lr_table (T,) the
+        schedule's rate at each step (the trainer's holds an epoch), lr (1,) the rate the
+        next SGD reads."""
+        _check("advance_step", "cursor", cursor, shape=(2,), dtype=int32)
+        _check("advance_step", "lr_table", lr_table, ndim=1, dtype=self.dtype)
+        if lr_table.shape[0] == 0:
+            raise ShapeError("advance_step: lr_table is empty")
+        _check("advance_step", "lr", lr, shape=(1,), dtype=self.dtype)
+        if not isinstance(stride, (int, np.integer)) or not 0 <= stride < 2**31:
+            raise ShapeError(f"advance_step: stride must be a non-negative int32, got {stride!r}")
+        self._advance_step(cursor, int(stride), lr_table, lr)
 
     # ------------------------------------------------------------------ implementations
     @abc.abstractmethod
@@ -201,3 +267,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _count_correct(self, scores, labels, out): ...
+
+    @abc.abstractmethod
+    def _gather_batch(self, x, labels, order, cursor, xb, yb): ...
+
+    @abc.abstractmethod
+    def _advance_step(self, cursor, stride, lr_table, lr): ...

@@ -209,7 +209,7 @@ class NumpyBackend(Backend):
         else:
             step = g
         t = self._workspace("sgd_t", param.shape)
-        np.multiply(step, self.dtype.type(lr), out=t)
+        np.multiply(step, self.dtype.type(lr if np.isscalar(lr) else lr[0]), out=t)  # lr: a number or lr[0]
         param -= t
 
     # out[0] += count(argmax(scores) == label)
@@ -220,3 +220,18 @@ class NumpyBackend(Backend):
         np.argmax(scores, axis=1, out=am)
         np.equal(am, labels, out=hit)
         out[0] += np.count_nonzero(hit)
+
+    # xb = x[order[c:c+B]], yb = labels[order[c:c+B]], c = cursor[0]
+    def _gather_batch(self, x, labels, order, cursor, xb, yb):
+        start = int(cursor[0])
+        index = order[start:start + xb.shape[0]]
+        # NumPy's take(out=) copies through a temporary unless told the indices are in
+        # range (they are: a permutation), which triples its cost
+        np.take(x, index, axis=0, out=xb, mode="clip")
+        np.take(labels, index, axis=0, out=yb, mode="clip")
+
+    # cursor += (stride, 1); lr[0] = lr_table[min(cursor[1], last)]
+    def _advance_step(self, cursor, stride, lr_table, lr):
+        cursor[0] += stride
+        cursor[1] += 1
+        lr[0] = lr_table[min(int(cursor[1]), lr_table.shape[0] - 1)]

@@ -227,7 +227,8 @@ class FusedNumpyBackend(NumpyBackend):
 
     def _sgd_update(self, param, grad, velocity, lr, momentum, weight_decay, nesterov):
         v = velocity.reshape(-1) if momentum else param.reshape(-1)[:0]
-        sgd_update(param.reshape(-1), grad.reshape(-1), v, F32(lr), F32(momentum), F32(weight_decay), nesterov)
+        lr = F32(lr if np.isscalar(lr) else lr[0])  # a number, or a one-element array holding it
+        sgd_update(param.reshape(-1), grad.reshape(-1), v, lr, F32(momentum), F32(weight_decay), nesterov)
 
     def _count_correct(self, scores, labels, out):
         out[0] += count_correct(scores, labels)

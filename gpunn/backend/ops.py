@@ -114,6 +114,17 @@ def count_correct_cost(n: int, c: int) -> Cost:
     return Cost(n * c + n, F32 * n * c + I32 * n + I32)
 
 
+def gather_batch_cost(b: int, d: int) -> Cost:
+    """``xb (B,D) = x[order[c:c+B]]``, ``yb = labels[...]``: no FLOPs; reads B rows, indices and
+    labels, writes the batch."""
+    return Cost(0, F32 * 2 * b * d + I32 * 3 * b + I32)
+
+
+def advance_step_cost() -> Cost:
+    """``cursor += (stride, 1)``, ``lr[0] = lr_table[cursor[1]]``: two adds; a few words."""
+    return Cost(2, I32 * 4 + F32 * 2)
+
+
 #: Every op of the contract, with its cost function.  A backend implements exactly these.
 OPS = {
     "gemm": gemm_cost,
@@ -126,4 +137,6 @@ OPS = {
     "mse": mse_cost,
     "sgd_update": sgd_update_cost,
     "count_correct": count_correct_cost,
+    "gather_batch": gather_batch_cost,
+    "advance_step": advance_step_cost,
 }

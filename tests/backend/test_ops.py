@@ -253,6 +253,77 @@ def test_sgd_update(backend, shape, momentum, weight_decay, nesterov):
     check(backend, op, **arrays)
 
 
+@pytest.mark.parametrize("momentum, weight_decay, nesterov", SGD_SETTINGS)
+def test_sgd_update_reads_the_rate_on_the_device(backend, momentum, weight_decay, nesterov):
+    """lr as a one-element device array: the rate it holds when the op runs, changed between steps."""
+    rng = rng_for("sgd-device-lr", momentum, weight_decay, nesterov)
+    shape = (257, 33)
+    arrays = {"p": normal(rng, shape), "g": normal(rng, shape), "v": normal(rng, shape, 0.1),
+              "lr": np.array([0.05], np.float32)}
+
+    def op(be, d):
+        for rate in (0.05, 0.2, 0.0125):
+            be.upload(np.array([rate], np.float32), d["lr"])
+            be.sgd_update(d["p"], d["g"], d["v"] if momentum else None, d["lr"], momentum, weight_decay, nesterov)
+
+    got = check(backend, op, **arrays)
+    # and the same as passing the three rates as numbers
+    p, v = arrays["p"].copy(), arrays["v"].copy()
+    for rate in (0.05, 0.2, 0.0125):
+        REF.sgd_update(p, arrays["g"], v if momentum else None, rate, momentum, weight_decay, nesterov)
+    if backend.name == "numpy":  # the same arithmetic, so the same bits
+        assert got["p"].tobytes() == p.tobytes()
+    else:
+        np.testing.assert_allclose(got["p"], p, rtol=2e-5, atol=2e-6)
+
+
+# ---------------------------------------------------------------------------- the loop's state
+@pytest.mark.parametrize("rows, width, start", [(1, 1, 0), (7, 31, 5), (33, 784, 64), (40, 1100, 0)], ids=str)
+def test_gather_batch(backend, rows, width, start):
+    rng = rng_for("gather", rows, width, start)
+    n = 100
+    order = rng.permutation(n).astype(np.int32)
+    arrays = dict(x=normal(rng, (n, width)), y=labels_for(rng, n, 10), order=order,
+                  cursor=np.array([start, 3], np.int32), xb=nan((rows, width)),
+                  yb=np.full(rows, -1, np.int32))
+    got = check(backend, lambda be, d: be.gather_batch(d["x"], d["y"], d["order"], d["cursor"], d["xb"], d["yb"]),
+                **arrays)
+    index = order[start:start + rows]
+    assert got["xb"].tobytes() == arrays["x"][index].tobytes() and (got["yb"] == arrays["y"][index]).all()
+
+
+def test_advance_step_walks_the_schedule(backend):
+    table = np.array([0.5, 0.25, 0.125, 0.0625], np.float32)
+
+    def op(be, d):
+        for _ in range(5):  # past the end of the table: its last entry
+            be.advance_step(d["cursor"], 128, d["table"], d["lr"])
+
+    got = check(backend, op, cursor=np.array([256, 0], np.int32), table=table, lr=nan(1))
+    assert got["cursor"].tolist() == [256 + 5 * 128, 5] and got["lr"][0] == table[-1]
+
+
+def test_gather_batch_and_advance_step_check_their_arguments(backend):
+    from gpunn.errors import ShapeError
+
+    be = backend
+    x, y = be.zeros((10, 3)), be.zeros((10,), np.int32)
+    order, xb, yb = be.asarray(np.arange(10, dtype=np.int32)), be.zeros((4, 3)), be.zeros((4,), np.int32)
+    with pytest.raises(ShapeError, match=r"gather_batch: cursor\[0\] = 8 leaves no room for 4 rows"):
+        be.gather_batch(x, y, order, be.asarray(np.array([8, 0], np.int32)), xb, yb)
+    bad = be.asarray(np.array([0, 1, 2, 12, 4, 5, 6, 7, 8, 9], np.int32))
+    with pytest.raises(ShapeError, match=r"gather_batch: order\[3\] = 12 is outside 0..9"):
+        be.gather_batch(x, y, bad, be.zeros((2,), np.int32), xb, yb)
+    with pytest.raises(ShapeError, match="gather_batch: xb must have 3 columns"):
+        be.gather_batch(x, y, order, be.zeros((2,), np.int32), be.zeros((4, 2)), yb)
+    with pytest.raises(ShapeError, match="advance_step: lr_table is empty"):
+        be.advance_step(be.zeros((2,), np.int32), 1, be.zeros((0,)), be.zeros((1,)))
+    with pytest.raises(ShapeError, match="advance_step: stride must be a non-negative int32"):
+        be.advance_step(be.zeros((2,), np.int32), -1, be.zeros((3,)), be.zeros((1,)))
+    with pytest.raises(ShapeError, match=r"sgd_update: lr must have shape \(1,\)"):
+        be.sgd_update(be.zeros((3,)), be.zeros((3,)), None, be.zeros((2,)))
+
+
 # ---------------------------------------------------------------------------- accuracy count
 @pytest.mark.parametrize("shape", ROW_SHAPES, ids=str)
 def test_count_correct(backend, shape):

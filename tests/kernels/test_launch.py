@@ -12,6 +12,7 @@ import pytest
 from gpunn.backend import ops
 from gpunn.kernels import (
     act_backward,
+    batch,
     bias_act,
     bias_grad,
     count_correct,
@@ -33,7 +34,7 @@ from gpunn.kernels.launch import (
 from gpunn.ptx import kernel_specs
 
 EXTREMES = [(1, 1), (10**6, 1), (1, 10**5), (10**6, 10), (10**6, 10**5), (60_000, 784), (3 * 10**9, 1)]
-ROW_MODULES = (softmax, softmax_xent, mse, count_correct)
+ROW_MODULES = (softmax, softmax_xent, mse, count_correct, batch)
 ELEMENTWISE_MODULES = (bias_act, act_backward)
 
 
@@ -78,6 +79,10 @@ def test_gemm_grid_y_stays_within_65535(m, n):
     assert gy == min(launch.cdiv(m, gemm.TILE), MAX_GRID_YZ)  # beyond: the kernel loops over tile rows
 
 
+def test_advance_step_is_one_thread():
+    assert batch.advance_config() == (1, 1)
+
+
 def test_finish_loss_is_one_block():
     grid, block = reduce.finish_config()
     check_launch(grid, block, 4 * ROW_THREADS)
@@ -120,5 +125,6 @@ def test_kernel_costs_are_the_op_sets_formulas():
     assert sgd.cost is ops.sgd_update_cost
     assert count_correct.cost is ops.count_correct_cost
     assert gemm.cost is ops.gemm_cost
+    assert batch.gather_cost is ops.gather_batch_cost and batch.advance_cost is ops.advance_step_cost
     ops_named = {op.strip() for _, spec in kernel_specs() for op in spec.op.split(",")}
     assert ops_named == set(ops.OPS)  # every op of the contract has a kernel

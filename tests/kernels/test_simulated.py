@@ -58,6 +58,10 @@ def every_op(be, rng):
     be.count_correct(out, t, np.zeros(1, np.int32))
     be.sgd_update(w, w.copy(), None, 0.1)
     be.sgd_update(w, w.copy(), np.zeros_like(w), 0.1, 0.9, 1e-4, True)
+    be.sgd_update(w, w.copy(), None, np.array([0.1], np.float32))  # the rate read on the device
+    cursor = np.array([1, 0], np.int32)
+    be.gather_batch(x, t, np.arange(5, dtype=np.int32), cursor, np.empty((3, 7), np.float32), np.empty(3, np.int32))
+    be.advance_step(cursor, 3, np.ones(4, np.float32), np.empty(1, np.float32))
 
 
 def test_every_launch_matches_a_declared_signature(sim):

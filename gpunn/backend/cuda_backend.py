@@ -7,6 +7,12 @@ a loss or count stays in a one-element device array until someone reads it
 (``to_numpy``).  Workspaces (per-row losses, partial sums) are allocated once per
 shape and reused.  ``CudaBackend(gemm="numba")`` swaps cuBLAS for the tiled GEMM.
 
+The host stays out of the way (:mod:`gpunn.backend.cuda_launch`): each kernel is
+compiled once and launched with its arguments flattened once, through one
+``cuLaunchKernel``, not through Numba's per-call dispatch; GEMM is cuBLAS on a
+handle the backend owns (:mod:`gpunn.backend.cublas`), which a CUDA graph can hold.
+:meth:`CudaBackend.capture` records a whole training step as one CUDA graph.
+
 Simulator mode: with ``NUMBA_ENABLE_CUDASIM=1`` (set before Numba is imported)
 the same class runs on the CPU with NumPy arrays in place of CuPy's: the kernels
 run in Numba's CUDA simulator (which writes into NumPy arrays in place) and GEMM
@@ -16,11 +22,13 @@ tests it.  ``auto`` never picks the simulator; ``get_backend("cuda")`` uses it
 when it is on.
 
 Every launch goes through :meth:`CudaBackend._launch`, which runs the
-``launch_hooks`` around it (a profiler's way in; see :class:`Launch`).
+``launch_hooks`` around it (a profiler's way in; see :class:`Launch`).  The simulator
+launches through Numba's dispatcher (``kernel[grid, block](...)``) and has no graphs.
 """
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from typing import Callable, NamedTuple
 
@@ -29,9 +37,11 @@ from numba import cuda
 
 from gpunn.backend.base import Backend
 from gpunn.backend.numpy_backend import NumpyBackend
-from gpunn.errors import BackendUnavailable
+from gpunn.errors import BackendUnavailable, GraphUnavailable
 from gpunn.kernels import (
+    FAMILIES,
     act_backward,
+    batch,
     bias_act,
     bias_grad,
     count_correct,
@@ -47,6 +57,7 @@ from gpunn.kernels.launch import ELEMENTWISE_THREADS, ROW_THREADS, check_pow2_th
 GEMM_IMPLEMENTATIONS = ("cublas", "numba")
 
 f32, i32, i64 = np.float32, np.int32, np.int64
+
 
 
 def simulator_enabled() -> bool:
@@ -116,7 +127,6 @@ class CudaBackend(Backend):
         self.simulated = simulator_enabled()
         self.launch_hooks: list[Callable] = []
         self._ws = {}
-        self._streams = {}
         if self.simulated:
             self.xp = np
             self._to_host = np.asarray
@@ -124,16 +134,20 @@ class CudaBackend(Backend):
             host = NumpyBackend()
             self._blas_gemm = lambda a, b, out, trans_a, trans_b, accumulate: host.gemm(
                 a, b, out, trans_a, trans_b, accumulate)
+            self._run = self._run_simulated
         else:
             reason = cuda_unavailable_reason()
             if reason is not None:
                 raise BackendUnavailable(f"the cuda backend needs an NVIDIA GPU with CuPy, and none is usable here: {reason}")
             self._init_gpu()
-        self._dummy = self.xp.zeros(1, dtype=np.float32)  # stands in for an absent bias or velocity
+        self._dummy = self.xp.zeros(1, dtype=np.float32)  # stands in for an absent bias, velocity or rate
 
     def _init_gpu(self):
         import cupy
-        import cupy.cublas
+
+        from gpunn.backend.cublas import Cublas
+        from gpunn.backend.cuda_launch import Launcher
+
         try:
             from numba.cuda.core import config  # numba-cuda's own config (newer releases)
         except ImportError:
@@ -142,16 +156,19 @@ class CudaBackend(Backend):
         self.xp = cupy
         self._to_host = cupy.asnumpy
         self._current_stream = lambda: cupy.cuda.get_current_stream().ptr
-        # Numba would synchronise the stream named in each CuPy array's interface before
-        # every launch; we launch on that very stream, so ordering holds without it.
-        os.environ["NUMBA_CUDA_ARRAY_INTERFACE_SYNC"] = "0"
-        config.CUDA_ARRAY_INTERFACE_SYNC = 0
         os.environ["NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"] = "0"  # small test grids are fine
         config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+        self._launcher = Launcher(spec for name in FAMILIES  # each family's KERNELS declare their signatures
+                                  for spec in importlib.import_module(f"gpunn.kernels.{name}").KERNELS)
+        try:
+            self._cublas = Cublas(cupy)
+        except ImportError as exc:
+            raise BackendUnavailable(f"the cuda backend's GEMM needs nvmath-python ({exc.name or exc}); "
+                                     'install the GPU packages with: pip install "gpunn[cuda12]" (or "gpunn[cuda13]")') from None
+        self._capture_stream = None
 
         def blas_gemm(a, b, out, trans_a, trans_b, accumulate):
-            cupy.cublas.gemm("T" if trans_a else "N", "T" if trans_b else "N", a, b, out=out,
-                             alpha=1.0, beta=1.0 if accumulate else 0.0)
+            self._cublas.gemm(self._current_stream(), a, b, out, trans_a, trans_b, accumulate)
 
         self._blas_gemm = blas_gemm
 
@@ -159,9 +176,42 @@ class CudaBackend(Backend):
     def to_numpy(self, a) -> np.ndarray:
         return self._to_host(a)
 
+    def upload(self, host, out) -> None:
+        if self.simulated:
+            np.copyto(out, host, casting="same_kind")
+        else:
+            out.set(np.ascontiguousarray(host, dtype=out.dtype))  # on the current stream, into out itself
+
     def synchronize(self) -> None:
         if not self.simulated:
             self.xp.cuda.get_current_stream().synchronize()
+
+    def capture(self, fn):
+        """Record what ``fn()`` queues (kernels and cuBLAS calls) as one CUDA graph; see :class:`Graph`.
+
+        Capture runs on a private stream that first waits for the current one; nothing
+        executes while capturing.  The returned graph replays on the current stream."""
+        if self.simulated:
+            raise GraphUnavailable("the CUDA simulator has no CUDA graphs")
+        cupy = self.xp
+        origin = cupy.cuda.get_current_stream()
+        if self._capture_stream is None:
+            self._capture_stream = cupy.cuda.Stream(non_blocking=True)
+        side = self._capture_stream
+        side.wait_event(origin.record())
+        with side:
+            side.begin_capture()
+            try:
+                fn()
+            except BaseException:
+                try:
+                    side.end_capture()  # leave the stream usable; the graph is discarded
+                except Exception:
+                    pass
+                raise
+            graph = side.end_capture()
+        graph.upload(origin)
+        return Graph(graph, cupy)
 
     def describe(self) -> str:
         gemm_name = {"cublas": "numpy matmul" if self.simulated else "cuBLAS", "numba": "tiled numba"}[self.gemm_impl]
@@ -180,22 +230,23 @@ class CudaBackend(Backend):
         return buf
 
     # ------------------------------------------------------------------ launching
-    def _stream(self):
-        """The Numba stream for CuPy's current stream (0 in the simulator), cached by pointer."""
-        if self.simulated:
-            return 0
-        ptr = self._current_stream()
-        stream = self._streams.get(ptr)
-        if stream is None:
-            stream = self._streams[ptr] = cuda.external_stream(ptr)
-        return stream
+    def _run(self, name, kernel, grid, block, args):
+        """Launch on the current stream: compiled once, arguments flattened once (see cuda_launch)."""
+        self._launcher.launch(name, kernel, grid, block, args, self._current_stream())
+
+    @staticmethod
+    def _run_simulated(name, kernel, grid, block, args):
+        kernel[grid, block](*args)
 
     def _launch(self, name, kernel, grid, block, *args):
-        """Launch ``kernel[grid, block]`` on the current stream, through the launch hooks."""
+        """Launch ``kernel`` with ``grid`` and ``block`` on the current stream, through the launch hooks."""
+        if not self.launch_hooks:
+            self._run(name, kernel, grid, block, args)
+            return
         launch = Launch(name, kernel, grid, block, args)
 
         def run():
-            kernel[grid, block, self._stream()](*args)
+            self._run(name, kernel, grid, block, args)
 
         for hook in reversed(self.launch_hooks):
             run = functools.partial(hook, launch, run)
@@ -260,9 +311,30 @@ class CudaBackend(Backend):
     def _sgd_update(self, param, grad, velocity, lr, momentum, weight_decay, nesterov):
         grid, block = sgd.launch_config(param.size, self.elementwise_threads, self.max_blocks)
         v = velocity.reshape(-1) if momentum else self._dummy
-        self._launch("sgd_update", sgd.sgd_kernel, grid, block, param.reshape(-1), grad.reshape(-1), v, f32(lr),
+        on_device = hasattr(lr, "shape")  # a device scalar the kernel reads, or a number fixed now
+        self._launch("sgd_update", sgd.sgd_kernel, grid, block, param.reshape(-1), grad.reshape(-1), v,
+                     f32(0.0 if on_device else lr), lr if on_device else self._dummy, i32(on_device),
                      f32(momentum), f32(weight_decay), i32(nesterov))
 
     def _count_correct(self, scores, labels, out):
         grid, block = count_correct.launch_config(*scores.shape, self.threads, self.max_blocks)
         self._launch("count_correct", count_correct.count_correct_kernel, grid, block, scores, labels, out)
+
+    def _gather_batch(self, x, labels, order, cursor, xb, yb):
+        grid, block = batch.launch_config(*xb.shape, self.threads, self.max_blocks)
+        self._launch("gather_batch", batch.gather_batch_kernel, grid, block, x, labels, order, cursor, xb, yb)
+
+    def _advance_step(self, cursor, stride, lr_table, lr):
+        grid, block = batch.advance_config()
+        self._launch("advance_step", batch.advance_step_kernel, grid, block, cursor, i32(stride), lr_table, lr)
+
+
+class Graph:
+    """A captured CUDA graph: ``graph()`` replays it on the current stream (one host call)."""
+
+    def __init__(self, graph, cupy):
+        self.graph = graph
+        self._current = cupy.cuda.get_current_stream
+
+    def __call__(self) -> None:
+        self.graph.launch(self._current())

@@ -1,0 +1,69 @@
+"""cuBLAS SGEMM for the cuda backend, on a handle the backend owns, so that a CUDA graph can hold it.
+
+CuPy's ``cupy.cublas`` refuses every call while a stream is capturing (a blanket
+check in its ``setStream``), though cuBLAS itself supports capture.  gpunn calls
+``cublasSgemm`` through nvmath-python's bindings (NVIDIA's) instead, on a handle of
+its own, and follows cuBLAS's rules for graph capture: whenever the stream changes,
+the handle gets the stream first and then a workspace of its own
+(``cublasSetStream`` resets the workspace to cuBLAS's pool, whose allocations a
+graph cannot hold).  ``alpha`` and ``beta`` are host scalars read when the call is
+queued (1 and 0 or 1), so a captured GEMM replays with the same values.
+
+Row-major in, column-major BLAS: gpunn's arrays are C-ordered, cuBLAS's are
+Fortran-ordered.  A C-ordered (R, C) array is, to cuBLAS, its (C, R) transpose with
+leading dimension C.  So ``out = op(a) @ op(b)`` (M, N) is computed as cuBLAS's
+``outᵀ = op(b)ᵀ @ op(a)ᵀ``: the operands swap places, keep their transpose flags,
+and M and N swap (:func:`sgemm_arguments`; tested on the CPU against a column-major
+SGEMM written with NumPy).
+"""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+OP_N, OP_T = 0, 1  # cublasOperation_t
+#: cuBLAS's recommended user workspace on Hopper (and enough for every earlier GPU)
+WORKSPACE_BYTES = 32 * 1024 * 1024
+
+
+def sgemm_arguments(a_shape, b_shape, trans_a, trans_b):
+    """cuBLAS's ``(transa, transb, m, n, k, lda, ldb, ldc)`` for row-major ``out = op(a) @ op(b)``,
+    with cuBLAS's A being gpunn's ``b`` and its B gpunn's ``a``.
+
+    a: (M,K), or (K,M) if trans_a; b: (K,N), or (N,K) if trans_b; out: (M,N)."""
+    m, k = (a_shape[1], a_shape[0]) if trans_a else (a_shape[0], a_shape[1])
+    n = b_shape[0] if trans_b else b_shape[1]
+    return (OP_T if trans_b else OP_N, OP_T if trans_a else OP_N, n, m, k,
+            max(1, b_shape[1]), max(1, a_shape[1]), max(1, n))
+
+
+class Cublas:
+    """A cuBLAS handle of the backend's own, with its workspace, bound to a stream at a time."""
+
+    def __init__(self, cupy):
+        from nvmath.bindings import cublas
+
+        self._cublas = cublas
+        self.handle = cublas.create()
+        weakref.finalize(self, cublas.destroy, self.handle)
+        self._workspace = cupy.empty(WORKSPACE_BYTES, dtype=np.uint8)
+        self._stream = None
+        # alpha = 1; beta = 0 (overwrite) or 1 (accumulate): host scalars, alive as long as the handle
+        self._scalars = np.array([1.0, 0.0, 1.0], dtype=np.float32)
+        base = self._scalars.ctypes.data
+        self._alpha, self._beta = base, (base + 4, base + 8)
+
+    def use_stream(self, stream: int) -> None:
+        """Queue the next calls on ``stream``: set it, then the workspace (cuBLAS's capture rule)."""
+        if stream != self._stream:
+            self._cublas.set_stream(self.handle, stream)
+            self._cublas.set_workspace(self.handle, self._workspace.data.ptr, WORKSPACE_BYTES)
+            self._stream = stream
+
+    def gemm(self, stream, a, b, out, trans_a, trans_b, accumulate) -> None:
+        """``out = op(a) @ op(b)`` (``+ out`` with accumulate), float32, C-contiguous, on ``stream``."""
+        self.use_stream(stream)
+        transa, transb, m, n, k, lda, ldb, ldc = sgemm_arguments(a.shape, b.shape, trans_a, trans_b)
+        self._cublas.sgemm(self.handle, transa, transb, m, n, k, self._alpha, b.data.ptr, lda, a.data.ptr, ldb,
+                           self._beta[bool(accumulate)], out.data.ptr, ldc)

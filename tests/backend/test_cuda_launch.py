@@ -1,0 +1,156 @@
+"""The cuda backend's direct launches and cuBLAS calls, checked on the CPU.
+
+A GPU shows whether a launch *runs* (tests/gpu: a pre-bound launch equals a dispatcher
+launch).  What a CPU can show, it shows here:
+
+* the parameters the launcher packs are exactly those Numba's own launch passes
+  (``_Kernel._prepare_args``, run with its device-array conversion stubbed: that step
+  needs a driver, and only hands over the array's address, shape and dtype), for every
+  kernel and signature the backend launches;
+* their number and widths are those of the kernel's ``.entry`` in its PTX (sm_90);
+* a packed parameter block holds those values;
+* the cuBLAS call a row-major GEMM becomes computes ``op(a) @ op(b)`` in a column-major
+  SGEMM written with NumPy, for every transpose and irregular shapes.
+
+The first two need the real ``numba.cuda`` (not the simulator), so they run in a
+subprocess, as the PTX tier does.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpunn.backend.cublas import OP_T, sgemm_arguments
+
+SCRIPT = r"""
+import ctypes, json, re, struct, sys
+import numpy as np
+from numba.core import types
+import numba.cuda.dispatcher as dispatcher
+from gpunn import ptx
+from gpunn.backend.cuda_launch import BoundLaunch, flatten, param_formats
+
+class Layout:  # a C-contiguous array's layout as Numba sees it (strides derived from the shape)
+    strides_in_bytes, is_contiguous_c, is_contiguous_f = None, True, False
+
+class DeviceArray:  # what Numba's to_device() hands _prepare_args: address, shape, dtype
+    def __init__(self, a):
+        self.size, self.dtype, self.shape, self.ptr, self._layout = a.size, a.dtype, a.shape, a.ctypes.data, Layout()
+
+class Hint:
+    def __init__(self, value):
+        self.value = value
+    def to_device(self, retr, stream=0):
+        return DeviceArray(self.value)
+
+dispatcher.wrap_arg = Hint  # no driver here: stub the device conversion only
+
+class Kernel:  # _prepare_args reads nothing of its kernel but this
+    extensions = []
+
+SHAPES = {1: (11,), 2: (5, 7)}
+WIDTH = {"u64": 8, "b64": 8, "s64": 8, "f64": 8, "u32": 4, "s32": 4, "b32": 4, "f32": 4}
+rng = np.random.default_rng(0)
+checked = []
+for module, spec in ptx.kernel_specs():
+    for sig in spec.signatures:
+        args = []
+        for t in sig.args:
+            if isinstance(t, types.Array):
+                args.append(np.zeros(SHAPES[t.ndim], dtype=str(t.dtype)))
+            else:
+                args.append(getattr(np, str(t))(rng.integers(1, 100) / 4))
+        numba_args = []
+        for t, a in zip(sig.args, args):
+            dispatcher._Kernel._prepare_args(Kernel(), t, a, 0, [], numba_args)
+        numba_args = [v.value if isinstance(v, ctypes._SimpleCData) else v for v in numba_args]
+        ours = flatten(sig.args, args)
+        formats = param_formats(sig.args)
+        code = ptx.compile_ptx(spec, sig, (9, 0))
+        entry = re.search(r"\.entry\s+\S+\s*\((.*?)\)", code, re.S).group(1)
+        ptx_widths = [WIDTH[t] for t in re.findall(r"\.param\s+\.(\w+)", entry)]
+        bound = BoundLaunch(spec.name, 0, 1, 1, formats, ours)
+        checked.append({"kernel": spec.name, "numba": numba_args, "ours": ours, "packed": bound.values,
+                        "ptx_widths": ptx_widths, "widths": [struct.calcsize(f) for f in formats]})
+json.dump(checked, sys.stdout)
+"""
+
+
+@pytest.fixture(scope="module")
+def flattened():
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_every_kernel_is_checked(flattened):
+    from gpunn.ptx import kernel_specs
+
+    assert {r["kernel"] for r in flattened} == {spec.name for _, spec in kernel_specs()}
+
+
+def test_flattened_arguments_are_what_numba_passes(flattened):
+    for r in flattened:
+        assert r["ours"] == r["numba"], r["kernel"]
+
+
+def test_parameters_match_the_kernels_ptx(flattened):
+    for r in flattened:
+        assert r["widths"] == r["ptx_widths"], r["kernel"]
+
+
+def test_packed_block_holds_the_values(flattened):
+    for r in flattened:
+        assert r["packed"] == r["ours"], r["kernel"]
+
+
+def test_an_array_is_numbas_data_model_fields():
+    from gpunn.backend.cuda_launch import flatten, param_formats
+
+    pytest.importorskip("numba")
+    from numba import float32, int32
+
+    x = np.zeros((3, 5), np.float32)
+    values = flatten((float32[:, ::1], int32), (x, np.int32(7)))
+    assert values == [0, 0, 15, 4, x.ctypes.data, 3, 5, 20, 4, 7]  # meminfo, parent, size, itemsize, data, shape, strides
+    assert param_formats((float32[:, ::1], int32)) == "q" * 9 + "i"
+    with pytest.raises(TypeError, match="argument 0: expected a C-contiguous 2-D float32 array"):
+        flatten((float32[:, ::1], int32), (x.T, np.int32(7)))
+
+
+# ---------------------------------------------------------------------------- cuBLAS, row-major
+def colmajor(buf, rows, cols, ld):
+    """The (rows, cols) column-major matrix with leading dimension ``ld`` over a flat float32 buffer."""
+    return np.lib.stride_tricks.as_strided(buf, shape=(rows, cols), strides=(4, 4 * ld))
+
+
+def sgemm_colmajor(transa, transb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """cublasSgemm's definition: C = op(A) op(B) + beta C, every matrix column-major."""
+    op_a = colmajor(a, k, m, lda).T if transa == OP_T else colmajor(a, m, k, lda)
+    op_b = colmajor(b, n, k, ldb).T if transb == OP_T else colmajor(b, k, n, ldb)
+    out = colmajor(c, m, n, ldc)
+    out[...] = op_a.astype(np.float64) @ op_b + beta * out
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (5, 23, 7), (128, 784, 10), (33, 1, 257)], ids=str)
+def test_row_major_gemm_as_a_column_major_sgemm(m, k, n, trans_a, trans_b):
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    out0 = rng.standard_normal((m, n)).astype(np.float32)
+    want = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    for beta in (0.0, 1.0):  # overwrite, accumulate
+        out = out0.copy()
+        transa, transb, cm, cn, ck, lda, ldb, ldc = sgemm_arguments(a.shape, b.shape, trans_a, trans_b)
+        # cuBLAS's A is gpunn's b, its B gpunn's a: the buffers as they lie in memory
+        sgemm_colmajor(transa, transb, cm, cn, ck, b.reshape(-1), lda, a.reshape(-1), ldb, beta,
+                       out.reshape(-1), ldc)
+        np.testing.assert_allclose(out, want + beta * out0, rtol=1e-5, atol=1e-5 * np.sqrt(k))

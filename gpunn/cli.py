@@ -148,7 +148,7 @@ def cmd_train(args):
         raise GpunnError(f"the images have {data.train_x.shape[1]} pixels, but the checkpoint's model "
                          f"expects {meta['in_features']} ({args.resume})")
     save_path = args.save or args.resume
-    trainer = Trainer(cfg, data, backend=backend, progress=progress, save_path=save_path)
+    trainer = Trainer(cfg, data, backend=backend, progress=progress, save_path=save_path, graphs=args.graphs)
     if args.resume:
         trainer.restore(args.resume)
         print(f"resuming {args.resume} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
@@ -216,6 +216,9 @@ def build_parser():
     p.add_argument("--resume", metavar="PATH", help="continue a run from its checkpoint (weights, optimizer, schedule, position)")
     p.add_argument("--metrics-json", metavar="PATH", help="write the run's metrics as JSON")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: when stderr is a terminal)")
+    p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="cuda backend: capture each training step once as a CUDA graph and replay it "
+                        "(default: on, unless $GPUNN_GRAPHS is 0)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="print a checkpoint's test accuracy")

@@ -46,8 +46,11 @@ class SGD:
             self._steps = list(zip(self.params, self.grads, self.velocities))
 
     def step(self, lr=None):
-        """Update every parameter in place with its gradient (lr: this step's rate, from a schedule)."""
-        lr = float(self.lr if lr is None else lr)
+        """Update every parameter in place with its gradient.
+
+        lr: this step's rate (from a schedule), or a one-element device array holding it,
+        which the update reads when it runs (a step captured as a CUDA graph needs that)."""
+        lr = self.lr if lr is None else lr if hasattr(lr, "shape") else float(lr)
         update = self.backend._sgd_update
         for p, g, v in self._steps:
             update(p, g, v, lr, self.momentum, self.weight_decay, self.nesterov)

@@ -89,6 +89,8 @@ COST_OF_CALL = {
         ops.sgd_update_cost(int(np.prod(param.shape)), momentum, weight_decay, nesterov),
         _sgd_variant(momentum, weight_decay, nesterov)),
     "count_correct": lambda scores, labels, out: (ops.count_correct_cost(*scores.shape), ""),
+    "gather_batch": lambda x, labels, order, cursor, xb, yb: (ops.gather_batch_cost(*xb.shape), ""),
+    "advance_step": lambda cursor, stride, lr_table, lr: (ops.advance_step_cost(), ""),
 }
 
 
@@ -423,7 +425,7 @@ def synthetic_trainer(cfg, backend, in_features=MNIST_FEATURES, num_classes=MNIS
     x = rng.random((n, in_features), dtype=np.float32)
     y = rng.integers(0, num_classes, n).astype(np.int32)
     data = Dataset(x, y, x[:1], y[:1], num_classes, name="synthetic")
-    return Trainer(cfg, data, backend=backend, progress=False, log=lambda *a: None)
+    return Trainer(cfg, data, backend=backend, progress=False, log=lambda *a: None, graphs=False)  # times its own graph
 
 
 @dataclass
@@ -442,6 +444,9 @@ class StepProfile:
     steps: list  # one list of OpCall per timed step
     step_seconds: list  # wall time of each step run without the wrappers (empty in the simulator)
     peaks: Peaks | None = None
+    #: seconds per step when the step is one CUDA graph replayed back to back (None: no graphs here)
+    graph_step_seconds: float | None = None
+    graph_note: str | None = None  # why there is no graph time
 
     def rows(self, sort: str = "step") -> list[dict]:
         return summarize(self.steps, self.peaks, self.meaningful, sort)
@@ -457,6 +462,8 @@ class StepProfile:
             "ops": rows,
             "total": total_row(rows, self.peaks),
             "step_seconds_uninstrumented": statistics.median(self.step_seconds) if self.step_seconds else None,
+            "step_seconds_graph": self.graph_step_seconds,
+            "graph_note": self.graph_note,
             "launches": [{"op": c.op, "kernel": k, "grid": _jsonable(g), "block": _jsonable(b)}
                          for c in self.steps[0] for k, g, b in c.launches],
         }
@@ -482,6 +489,7 @@ def profile_step(cfg, backend, reps: int = 20, warmup: int = 3, peaks: Peaks | N
                     step()
                     backend.synchronize()
                     step_seconds.append(time.perf_counter() - t0)
+            graph_seconds, graph_note = time_graph_step(trainer, reps) if timer.meaningful else (None, None)
         with OpRecorder(backend, timer) as rec:
             if timer.meaningful:  # one more step to warm the wrappers (and size the GPU's hold)
                 step()
@@ -491,8 +499,30 @@ def profile_step(cfg, backend, reps: int = 20, warmup: int = 3, peaks: Peaks | N
                 steps.append(rec.take())
     if rec.stray_launches:
         raise RuntimeError(f"kernels launched outside any op: {rec.stray_launches[:3]}")
+    if not timer.meaningful:
+        graph_seconds, graph_note = None, "the simulator's times mean nothing"
     return StepProfile(backend.name, backend.describe(), repr(trainer.model), cfg.batch_size, cfg.as_dict(),
-                       timer.method, timer.meaningful, reps, warmup, steps, step_seconds, peaks)
+                       timer.method, timer.meaningful, reps, warmup, steps, step_seconds, peaks,
+                       graph_seconds, graph_note)
+
+
+def time_graph_step(trainer, reps: int):
+    """``(seconds per step, None)`` of the trainer's step captured as one CUDA graph and replayed
+    ``reps`` times back to back (as training replays it), or ``(None, why not)``."""
+    be = trainer.backend
+    be.upload(np.array([trainer.cfg.lr], dtype=be.dtype), trainer._lr)  # the graph reads its rate on the device
+    try:
+        graph = be.capture(lambda: trainer.train_step(trainer.train_x, trainer.train_y, trainer._lr))
+    except Exception as exc:  # no graphs on this backend, or a refused capture
+        return None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    for _ in range(3):
+        graph()
+    be.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        graph()
+    be.synchronize()
+    return (time.perf_counter() - t0) / reps, None
 
 
 def summarize(steps, peaks, meaningful=True, sort="step") -> list[dict]:
@@ -616,6 +646,10 @@ def format_profile(prof: StepProfile, sort="step") -> str:
         wall = statistics.median(prof.step_seconds)
         lines.append(f"step wall time without the profiler: {wall * 1e3:.3f} ms (median of {len(prof.step_seconds)}); "
                      f"the ops' {total['seconds'] * 1e3:.3f} ms are {100 * total['seconds'] / wall:.0f}% of it")
+        if prof.graph_step_seconds is not None:
+            g = prof.graph_step_seconds
+            lines.append(f"step as one CUDA graph: {g * 1e3:.3f} ms ({prof.reps} replays back to back; "
+                         f"{wall / g:.1f}x the eager step)")
     over = [r["op"] for r in rows if r["bound"] == "compute" and (r["percent_of_peak"] or 0) > 110]
     if over:
         lines.append(f"{', '.join(sorted(set(over)))} ran above the compute peak: the peaks are too low "

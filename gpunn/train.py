@@ -2,13 +2,26 @@
 
 One training step is ``forward → loss (+ gradient) → backward → SGD update``, every
 part of it a backend op on device buffers allocated once.  The data set is moved to
-the device once; each batch is gathered into a fixed buffer with ``take``.  The loss
-and accuracy are summed on the device and read back only when reported.
+the device once.  The loss and accuracy are summed on the device and read back only
+when reported.
+
+Everything that changes from one step to the next lives in device memory too: the
+epoch's order of examples and its learning rates (uploaded once per epoch), and a
+cursor (position in that order, step in the epoch) from which the device reads each
+step's batch and rate.  A
+step is therefore ``gather_batch → train_step → advance_step`` with no number passed
+from the host, and on a GPU the trainer captures it once as a CUDA graph and replays
+it for every full batch: one host call per step instead of ~25 kernel launches.  The
+partial last batch of an epoch runs eagerly.  ``Trainer(graphs=False)``,
+``gpunn train --no-graphs`` or ``GPUNN_GRAPHS=0`` turn graphs off; the numpy backend
+and the CUDA simulator have none; a capture that fails falls back to eager steps with
+one line saying why.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 import sys
 import time
@@ -152,6 +165,11 @@ class Trainer:
     progress: bool | None = None  # None: a bar when stderr is a terminal
     log: object = print
     save_path: str | None = None
+    #: capture each full-batch step as a CUDA graph: None (default) on a GPU unless
+    #: $GPUNN_GRAPHS is "0"; False never; True asks for it (and says why when it cannot)
+    graphs: bool | None = None
+    #: one-line notices (why graphs are off, a failed capture): default stderr
+    notice: object = None
     epoch: int = 0  # epochs completed
     step: int = 0  # steps completed within the current epoch
     history: list = field(default_factory=list)
@@ -177,13 +195,61 @@ class Trainer:
             raise DataError("the training set is empty")
         self.steps_per_epoch = -(-n // cfg.batch_size)
         self.schedule = Schedule(cfg.lr_schedule, cfg.lr, cfg.epochs, self.steps_per_epoch, cfg.step_size, cfg.gamma)
-        bs = min(cfg.batch_size, n)
+        self._bs = bs = min(cfg.batch_size, n)
         self._xb = be.empty((bs, self.in_features))
         self._yb = be.empty((bs,), np.int32)
         self._loss_sum = be.zeros((1,))
         self._correct = be.zeros((1,), np.int32)
+        # the loop's state on the device (see the module docstring): the epoch's order, the
+        # cursor (position in it, step in the epoch), the epoch's schedule, the next step's rate
+        self._order = be.empty((n,), np.int32)
+        self._cursor = be.zeros((2,), np.int32)
+        self._lr_table = be.empty((self.steps_per_epoch + 1,))  # this epoch's rates (+1: after its last step)
+        self._lr = be.empty((1,))
+        self._graph = None
+        self.graphs_on, self.graphs_note = self._graph_setting()
+        self.first_step_time = None  # time.time() when the run's first step had been queued
         self._stop_requested = False
         self._epoch_progress = (0.0, 0)  # (seconds, samples) of the current epoch before a stop
+
+    # ---------------------------------------------------------------- CUDA graphs
+    def _say(self, message):
+        (self.notice or (lambda m: print(m, file=sys.stderr)))(f"gpunn: {message}")
+
+    def _graph_setting(self):
+        """``(on, why not)``: graphs on a real GPU unless turned off; the reason in words."""
+        be = self.backend
+        if self.graphs is False:
+            return False, "turned off (graphs=False)"
+        if os.environ.get("GPUNN_GRAPHS", "1") == "0":
+            return False, "turned off by GPUNN_GRAPHS=0"
+        if getattr(be, "simulated", False):
+            self._say("training without CUDA graphs: the CUDA simulator has none")
+            return False, "the CUDA simulator has no CUDA graphs"
+        if be.name != "cuda":
+            if self.graphs:
+                self._say(f"training without CUDA graphs: the {be.name} backend has none")
+            return False, f"the {be.name} backend has no CUDA graphs"
+        return True, None
+
+    def _step(self, m):
+        """One step of ``m`` rows from device state alone: gather the batch at the cursor,
+        train on it at the device's rate, advance the cursor and the rate."""
+        be = self.backend
+        xb, yb = self._xb[:m], self._yb[:m]
+        be._gather_batch(self.train_x, self.train_y, self._order, self._cursor, xb, yb)
+        self.train_step(xb, yb, self._lr)
+        be._advance_step(self._cursor, m, self._lr_table, self._lr)
+
+    def _capture(self):
+        """Capture a full-batch step as a CUDA graph (after one eager step: compiled, allocated)."""
+        try:
+            self._graph = self.backend.capture(lambda: self._step(self._bs))
+        except Exception as exc:  # no graphs here, or a driver or cuBLAS refusal: train on, eagerly
+            self.graphs_on = False
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            self.graphs_note = f"capture failed ({type(exc).__name__}: {first})"
+            self._say(f"CUDA graph capture failed, training eagerly: {type(exc).__name__}: {first}")
 
     # ---------------------------------------------------------------- checkpoints
     def data_identity(self):
@@ -243,10 +309,16 @@ class Trainer:
         """Train one epoch (from ``self.step`` if resuming mid-epoch); returns its EpochStats."""
         from tqdm import tqdm
 
-        be, cfg, xp = self.backend, self.cfg, self.backend.xp
+        be, cfg = self.backend, self.cfg
         n = self.train_x.shape[0]
-        perm = be.asarray(epoch_permutation(n, cfg.seed, self.epoch))
         slices = list(batch_slices(n, cfg.batch_size))
+        # the epoch's order, its rates, the cursor and the first step's rate, into device memory
+        first = self.epoch * self.steps_per_epoch
+        rates = np.array([self.schedule(first + s) for s in range(self.steps_per_epoch + 1)], dtype=be.dtype)
+        be.upload(epoch_permutation(n, cfg.seed, self.epoch).astype(np.int32), self._order)
+        be.upload(rates, self._lr_table)
+        be.upload(np.array([self.step * cfg.batch_size, self.step], np.int32), self._cursor)
+        be.upload(rates[self.step:self.step + 1], self._lr)
         if self.step == 0:  # (a resumed epoch keeps the sums it had)
             self._loss_sum[...] = 0
             self._correct[...] = 0
@@ -254,24 +326,24 @@ class Trainer:
         check_every = 1 if getattr(be, "host_reads_free", False) else 50
         bar = tqdm(total=len(slices), initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    leave=False, disable=not self.progress, file=sys.stderr, unit="batch")
-        # NumPy's take(out=) copies through a temporary unless told the indices are in range
-        # (they are: a permutation), which triples its cost; CuPy's take has no such mode
-        gather = {"mode": "clip"} if xp is np else {}
         be.synchronize()
         # a resumed epoch goes on from the time and samples it had when it stopped
         done_s, seen = self._epoch_progress if self.step else (0.0, 0)
-        t0, lr = time.perf_counter() - done_s, self.schedule(self.epoch * self.steps_per_epoch + self.step)
+        t0, lr = time.perf_counter() - done_s, self.schedule(first + self.step)
         # overflow to inf/NaN is reported by _check_finite in one clear line: no NumPy warnings
         with np.errstate(over="ignore", invalid="ignore"):
             try:
                 for start, stop in slices[self.step:]:
                     m = stop - start
-                    xb, yb = self._xb[:m], self._yb[:m]
-                    idx = perm[start:stop]
-                    xp.take(self.train_x, idx, axis=0, out=xb, **gather)
-                    xp.take(self.train_y, idx, axis=0, out=yb, **gather)
                     lr = self.schedule(self.epoch * self.steps_per_epoch + self.step)
-                    self.train_step(xb, yb, lr)
+                    if self._graph is not None and m == self._bs:
+                        self._graph()  # the captured step: one host call
+                    else:
+                        self._step(m)
+                        if self.graphs_on and self._graph is None and m == self._bs:
+                            self._capture()
+                    if self.first_step_time is None:
+                        self.first_step_time = time.time()
                     self.step += 1
                     seen += m
                     if self.step % check_every == 0 or self.step == len(slices):
@@ -336,6 +408,9 @@ class Trainer:
             "test_accuracy": self.history[-1].test_accuracy if self.history else None,
             "backend": self.backend.name,
             "device": self.backend.describe(),
+            "cuda_graphs": self.graphs_on and self._graph is not None,
+            "cuda_graphs_note": self.graphs_note,
+            "first_step_unix_time": self.first_step_time,
             "train_seconds": train_seconds,
             "epochs": [dataclasses.asdict(h) for h in self.history],
             "config": self.cfg.as_dict(),

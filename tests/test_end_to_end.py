@@ -59,5 +59,7 @@ def test_a_whole_epoch_with_the_trainer(cuda_name):
 def test_a_full_mnist_epoch_on_the_gpu_reaches_the_cpu_accuracy(cuda_name, mnist):
     cfg = dict(hidden=(512, 512), epochs=1, batch_size=128)
     cpu = Trainer(TrainConfig(**cfg), mnist, backend="numpy", progress=False, log=lambda s: None).run_epoch()
-    gpu = Trainer(TrainConfig(**cfg), mnist, backend=make_backend(cuda_name), progress=False, log=lambda s: None).run_epoch()
+    trainer = Trainer(TrainConfig(**cfg), mnist, backend=make_backend(cuda_name), progress=False, log=lambda s: None)
+    gpu = trainer.run_epoch()
+    assert trainer._graph is not None, f"the epoch ran without a CUDA graph: {trainer.graphs_note}"
     assert gpu.test_accuracy >= cpu.test_accuracy - 0.003

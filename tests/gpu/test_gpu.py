@@ -155,3 +155,99 @@ def test_the_trainers_step_does_not_synchronise():
     queued.record()
     assert host_s < 0.25, f"three trainer steps took {host_s:.3f} s on the host: something waited for the GPU"
     assert not queued.done, "the GPU had finished: a step synchronised with it"
+
+
+# ---------------------------------------------------------------------------- launches without the dispatcher
+def test_a_pre_bound_launch_equals_a_dispatcher_launch():
+    """The backend's own launch (compiled once, arguments flattened once, cuLaunchKernel) and
+    Numba's ``kernel[grid, block](...)`` write the same bits, kernel by kernel."""
+    import cupy
+    from numba import cuda
+
+    from gpunn.kernels import batch, bias_act, sgd, softmax_xent
+
+    be = cuda_backend()
+    rng = np.random.default_rng(7)
+    x, b = rng.standard_normal((130, 257)).astype(np.float32), rng.standard_normal(257).astype(np.float32)
+    z, t = (rng.standard_normal((130, 10)) * 3).astype(np.float32), rng.integers(0, 10, 130).astype(np.int32)
+    order = rng.permutation(130).astype(np.int32)
+    f32, i32 = np.float32, np.int32
+    cases = [  # (kernel, grid, block, host arguments; arrays are copied to the device for each launch)
+        (bias_act.bias_act_kernel, *bias_act.launch_config(130, 257), (x.reshape(-1), b, np.empty_like(x).reshape(-1),
+                                                                       i32(2), i32(1))),
+        (softmax_xent.softmax_xent_kernel, *softmax_xent.launch_config(130, 10), (z, t, np.empty_like(z),
+                                                                                   np.empty(130, f32), f32(1 / 130))),
+        (sgd.sgd_kernel, *sgd.launch_config(257), (b.copy(), b * 0.5, b * 0.1, f32(0.0), np.array([0.05], f32), i32(1),
+                                                   f32(0.9), f32(1e-4), i32(1))),
+        (batch.gather_batch_kernel, *batch.launch_config(64, 257), (x, t, order, np.array([40, 0], i32),
+                                                                     np.empty((64, 257), f32), np.empty(64, i32))),
+    ]
+    stream = cuda.external_stream(cupy.cuda.get_current_stream().ptr)
+    for kernel, grid, block, host_args in cases:
+        ours = [be.asarray(a) if isinstance(a, np.ndarray) else a for a in host_args]
+        theirs = [be.asarray(a) if isinstance(a, np.ndarray) else a for a in host_args]
+        be._launcher.launch(kernel.__name__, kernel, grid, block, ours, be._current_stream())
+        kernel[grid, block, stream](*theirs)
+        be.synchronize()
+        for a, c in zip(ours, theirs):
+            if hasattr(a, "shape") and a.ndim:
+                assert be.to_numpy(a).tobytes() == be.to_numpy(c).tobytes(), kernel.__name__
+
+
+# ---------------------------------------------------------------------------- the training step as a CUDA graph
+GRAPH_NETS = {
+    "relu-xent-nesterov-cosine": dict(hidden=(64, 32), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
+                                      lr_schedule="cosine"),
+    "primer-sigmoid-mse-step": dict(hidden=(16, 16), activation="sigmoid", loss="mse", lr=3.0, momentum=0.0,
+                                    nesterov=False, lr_schedule="step", step_size=1, gamma=0.5),
+}
+
+
+@pytest.mark.parametrize("net", GRAPH_NETS)
+def test_graph_replay_equals_eager_bit_for_bit(net):
+    """Two epochs of 22 steps each (a 37-row last batch, run eagerly), the rate changing every
+    step or every epoch: replaying the captured step gives the bits the eager steps give."""
+    from gpunn.train import TrainConfig, Trainer
+    from test_train import toy_data
+
+    data = toy_data(n=21 * 64 + 37, n_test=100, d=784, c=10)
+    cfg = TrainConfig(epochs=2, batch_size=64, **GRAPH_NETS[net])
+    runs = {}
+    for graphs in (True, False):
+        t = Trainer(cfg, data, backend=cuda_backend(), graphs=graphs, progress=False, log=lambda s: None)
+        t.fit()
+        runs[graphs] = t
+    replayed, eager = runs[True], runs[False]
+    assert replayed.graphs_on and replayed._graph is not None and eager._graph is None
+    for i, (a, b) in enumerate(zip(replayed.model.params, eager.model.params)):
+        assert replayed.backend.to_numpy(a).tobytes() == eager.backend.to_numpy(b).tobytes(), f"parameter {i}"
+    assert [h.loss for h in replayed.history] == [h.loss for h in eager.history]
+    assert [h.train_accuracy for h in replayed.history] == [h.train_accuracy for h in eager.history]
+    assert [h.lr for h in replayed.history] == [h.lr for h in eager.history]
+
+
+def test_replaying_the_step_never_synchronises():
+    """With ~0.5 s of GPU work queued, 50 replays of the trainer's captured step return at once."""
+    import cupy
+    import cupyx
+
+    from gpunn.train import TrainConfig, Trainer
+    from test_train import toy_data
+
+    trainer = Trainer(TrainConfig(hidden=(512, 512), epochs=1, batch_size=128), toy_data(n=1024, d=784, c=10),
+                      backend=cuda_backend(), progress=False, log=lambda s: None)
+    trainer.run_epoch()  # compiles, captures
+    assert trainer._graph is not None, trainer.graphs_note
+    trainer.backend.synchronize()
+    spin = cupy.RawKernel(SPIN, "spin")
+    cycles = int(cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["clockRate"] * 1e3 * 0.5)
+    spin((1,), (1,), (np.int64(cycles),))
+    start = time.perf_counter()
+    with cupyx.allow_synchronize(False):
+        for _ in range(50):
+            trainer._graph()
+    host_s = time.perf_counter() - start
+    queued = cupy.cuda.Event()
+    queued.record()
+    assert host_s < 0.25, f"50 replays took {host_s:.3f} s on the host: something waited for the GPU"
+    assert not queued.done, "the GPU had finished: a replay synchronised with it"

@@ -1,0 +1,899 @@
+"""Training speed on one GPU: gpunn (CUDA graphs and eager) against PyTorch (eager and one CUDA graph per step).
+
+Usage (from the repository root):
+
+    python benchmarks/gpu_train_speed.py                       # both networks on MNIST, 5 epochs each, all sections
+    python benchmarks/gpu_train_speed.py --net big --epochs 3 --json gpu.json
+    python benchmarks/gpu_train_speed.py --only gpunn,torch_graph --skip-startup
+    python benchmarks/gpu_train_speed.py --backend numpy --synthetic 1000 --only gpunn,gpunn_eager \\
+        --skip-startup --skip-launch                           # CPU smoke run (what the test does)
+
+Two networks, as in the issue:
+
+* ``big``:   784-512-512-10 ReLU, batch 128, cross-entropy, SGD lr 0.1 + Nesterov momentum 0.9,
+             cosine schedule (gpunn's defaults, ``TrainConfig(hidden=(512, 512))``);
+* ``small``: the primer's 784-16-16-10 sigmoid (sigmoid output), MSE, batch 100, plain SGD lr 6.0,
+             cosine (as ``examples/seed_network.py``).
+
+The cosine schedule spans the benchmark's ``--epochs``.  Four contestants train each network:
+
+1. ``gpunn``       -- ``Trainer(backend="cuda", graphs=True)``: each full-batch step one CUDA graph replay;
+2. ``gpunn_eager`` -- the same with ``graphs=False``: every kernel launched from the host;
+3. ``torch_eager`` -- the idiomatic PyTorch loop on the GPU (``torch.optim.SGD``, default foreach update,
+                      the step's rate set in the param group);
+4. ``torch_graph`` -- PyTorch with zero_grad+forward+loss+backward+SGD captured as one CUDA graph and
+                      replayed per batch (as ``shared/gpu/torch_gpu_baseline.py``); the rate lives in a
+                      device tensor (fused SGD, ``lr=torch.tensor(...)``) filled before each replay; the
+                      partial last batch is dropped.  Its 3 warm-up steps are undone (weights restored,
+                      momentum zeroed) before capture, so it trains from the same start as the others.
+
+Every contestant starts from gpunn's initial weights (copied into torch: ``Linear.weight = W.T``),
+visits the batches in gpunn's order (``gpunn.data.epoch_permutation(n, seed, epoch)``, uploaded once
+per epoch, before the clock starts, as gpunn's Trainer does), with the same optimizer and schedule.
+Epochs are interleaved (all contestants run epoch 1, then epoch 2 in a rotated order, ...).  Each
+epoch's time is the wall time of its training loop between two device synchronisations (gpunn: the
+``EpochStats.seconds`` its Trainer measures so; evaluation is outside it).  The first epoch of each
+contestant is a warm-up (compilation, cuBLAS set-up, graph capture) and is left out of the median.
+
+Also measured: host microseconds per eager op call on the backend (``launch_us``), the time from
+``python -m gpunn train`` starting to its first queued step, twice (``startup_s``), and the device.
+A contestant or section that fails prints its error in its row and the rest still runs; PyTorch is
+optional.  The results tables and the issue's targets (measured vs target, "met"/"missed"; nothing
+is asserted, the exit status does not depend on them) are printed at the end; ``--json`` writes them
+too, after every section (atomically), so a run cut short keeps what it measured.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: TrainConfig fields of each network (everything else: gpunn's defaults); epochs = --epochs
+NETS = {
+    "big": dict(hidden=(512, 512)),
+    "small": dict(hidden=(16, 16), activation="sigmoid", output_activation="sigmoid", loss="mse",
+                  batch_size=100, lr=6.0, momentum=0.0, nesterov=False, lr_schedule="cosine"),
+}
+CONTESTANTS = ("gpunn", "gpunn_eager", "torch_eager", "torch_graph")
+#: the issue's targets
+BIG_S_PER_EPOCH, SMALL_S_PER_EPOCH = 0.045, 0.045
+VS_TORCH_GRAPH, VS_TORCH_EAGER = 0.6, 1 / 12
+LAUNCH_US, STARTUP_S = 10.0, 2.0
+#: launch_us: calls timed, after this many untimed ones; the flat parameter of the big net
+LAUNCH_CALLS, LAUNCH_WARMUP, BIG_PARAMETERS = 2000, 50, 669_706
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--net", choices=[*NETS, "both"], default="both")
+    p.add_argument("--epochs", type=int, default=5,
+                   help="epochs per contestant, interleaved; the first is a warm-up, not in the median (default 5)")
+    p.add_argument("--backend", default="cuda", help="gpunn's backend (default cuda; numpy for a CPU smoke run)")
+    p.add_argument("--data", default=None, help="MNIST folder (default: $GPUNN_DATA_DIR, else ../shared/data/mnist)")
+    p.add_argument("--train-samples", type=int, default=None, metavar="N", help="use the first N training images")
+    p.add_argument("--synthetic", type=int, default=None, metavar="N",
+                   help="random data with N training and N/5 test samples instead of MNIST")
+    p.add_argument("--only", default=",".join(CONTESTANTS),
+                   help=f"comma-separated contestants (default: all of {', '.join(CONTESTANTS)})")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--skip-startup", action="store_true", help="do not measure the start-up of `python -m gpunn train`")
+    p.add_argument("--skip-launch", action="store_true", help="do not measure the host time per eager op call")
+    p.add_argument("--startup-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds each start-up run may take before it is stopped (default 60)")
+    args = p.parse_args(argv)
+    if args.epochs < 1:
+        p.error("--epochs must be >= 1")
+    if args.synthetic is not None and args.synthetic < 10:
+        p.error("--synthetic must be >= 10")
+    args.only = [c.strip() for c in args.only.split(",") if c.strip()]
+    for c in args.only:
+        if c not in CONTESTANTS:
+            p.error(f"--only: unknown contestant {c!r} (expected some of {', '.join(CONTESTANTS)})")
+    if not args.only:
+        p.error("--only: no contestant named")
+    return args
+
+
+def say(*parts):
+    print(*parts, flush=True)
+
+
+def error_text(exc):
+    first = str(exc).splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def report_failure(what, exc):
+    """One line for the row, and the last frames of the traceback for whoever reads the log."""
+    say(f"  !! {what} failed: {error_text(exc)}")
+    say("     " + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3))
+        .rstrip().replace("\n", "\n     "))
+
+
+def write_json(path, obj):
+    """Atomically: a temporary file in the same folder, then a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def median_after_warmup(times):
+    """Median of the epochs after the first (the warm-up); of all of them when there is only one."""
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+# ---------------------------------------------------------------------------- data and device
+
+
+def data_folder(args):
+    return Path(args.data or os.environ.get("GPUNN_DATA_DIR") or REPO.parent / "shared" / "data" / "mnist")
+
+
+def load_data(args):
+    import numpy as np
+
+    from gpunn.data import Dataset, load_mnist
+
+    if args.synthetic:
+        rng = np.random.default_rng(0)
+        n, m = args.synthetic, max(1, args.synthetic // 5)
+        centers = rng.random((10, 784), dtype=np.float32)
+
+        def split(k):
+            y = rng.integers(0, 10, k).astype(np.int32)
+            x = np.clip(centers[y] + 0.3 * rng.standard_normal((k, 784), dtype=np.float32), 0, 1)
+            return x.astype(np.float32), y
+
+        (tx, ty), (vx, vy) = split(n), split(m)
+        return Dataset(tx, ty, vx, vy, 10, "synthetic", "random clusters"), f"synthetic ({n} train, {m} test)"
+    folder = data_folder(args)
+    d = load_mnist(folder, download=False, progress=False, train_samples=args.train_samples)
+    return d, f"{d.name or 'MNIST-format'} from {folder} ({len(d.train_y)} train, {len(d.test_y)} test)"
+
+
+def describe_device(backend):
+    """(one line naming the device, {versions}) -- never raises."""
+    import numpy as np
+
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for dist in ("numba", "numba-cuda", "cupy-cuda13x", "cupy-cuda12x", "cupy", "nvmath-python", "torch"):
+        try:   # the installed version, without importing (torch takes seconds to import)
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    if backend != "cuda":
+        cpu = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        return f"CPU: {cpu} ({backend} backend)", versions
+    try:
+        import cupy
+
+        rt = cupy.cuda.runtime
+        name = rt.getDeviceProperties(0)["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+
+        def version(v):
+            return f"{v // 1000}.{v % 1000 // 10}"
+
+        extra = []
+        for what, get in (("driver", rt.driverGetVersion), ("CUDA runtime", rt.runtimeGetVersion)):
+            try:
+                v = get()
+                versions[what] = version(v)
+                extra.append(f"{what} {version(v)}")
+            except Exception:
+                pass
+        return f"{name}" + (f" ({', '.join(extra)})" if extra else ""), versions
+    except Exception as exc:
+        return f"unknown GPU ({error_text(exc)})", versions
+
+
+# ---------------------------------------------------------------------------- contestants
+
+
+class Stopped(BaseException):
+    """SIGTERM (e.g. from ``timeout``): stop measuring, then still print and write what was measured."""
+
+
+def on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # one is enough: let the report finish
+    raise Stopped(f"stopped by signal {signum}")
+
+
+class Unavailable(Exception):
+    """A contestant that cannot run here (no PyTorch, no CUDA device): its row says why."""
+
+
+class GpunnRun:
+    """gpunn's Trainer, with CUDA graphs (``gpunn``) or without (``gpunn_eager``)."""
+
+    def __init__(self, name, cfg, data, backend, graphs, notes):
+        from gpunn.train import Trainer
+
+        def notice(message):
+            message = message.removeprefix("gpunn: ")
+            say(f"  [{name}] {message}")
+            notes.append(f"{name}: {message}")
+
+        self.name = name
+        self.trainer = Trainer(cfg, data, backend=backend, graphs=graphs, progress=False,
+                               log=lambda s: None, notice=notice)
+        self.info = {"graphs_requested": graphs, "graphs_on_after_construction": bool(self.trainer.graphs_on)}
+        self.test_accuracy = None
+
+    def epoch(self, e):
+        t = self.trainer
+        if t.epoch != e:  # the Trainer draws epoch_permutation(n, seed, t.epoch) itself
+            raise RuntimeError(f"{self.name}: trainer is at epoch {t.epoch}, the benchmark at {e}")
+        stats = t.run_epoch()   # .seconds: the training loop only, synchronised before and after
+        self.test_accuracy = stats.test_accuracy
+        if "cuda_graphs" not in self.info:
+            self.info["cuda_graphs"] = bool(t.metrics(0)["cuda_graphs"])
+            if not self.info["cuda_graphs"]:
+                self.info["graphs_note"] = t.graphs_note
+                say(f"  [{self.name}] trained without CUDA graphs: {t.graphs_note}")
+        return stats.seconds
+
+    def accuracy(self):
+        return self.test_accuracy
+
+    def describe(self):
+        i = self.info
+        if i.get("cuda_graphs"):
+            return "CUDA graphs: on"
+        if "cuda_graphs" in i:
+            return f"CUDA graphs: off ({i.get('graphs_note')})"
+        return ""
+
+
+def initial_weights(cfg, data, trainer=None):
+    """[(W (in, out), b (out,)), ...] as host float32 copies: a fresh trainer's (before any step),
+    else the same model built on the numpy backend (same seed, same float64 -> float32 values)."""
+    if trainer is None:
+        from gpunn.backend import get_backend
+        from gpunn.train import build_model
+
+        be = get_backend("numpy")
+        model = build_model(cfg, data.train_x.shape[1], int(data.num_classes), be)
+    else:
+        be, model = trainer.backend, trainer.model
+    return [(be.to_numpy(l.W).copy(), be.to_numpy(l.b).copy()) for l in model.layers if hasattr(l, "W")]
+
+
+class TorchContext:
+    """What both PyTorch contestants of a net share: torch, the device, the data on it, the loss."""
+
+    def __init__(self, backend, cfg, data, weights, schedule, steps_per_epoch):
+        try:
+            import torch
+        except ImportError as exc:
+            raise Unavailable(f"PyTorch is not installed ({exc})") from None
+        self.torch = torch
+        if backend == "cuda":
+            if not torch.cuda.is_available():
+                raise Unavailable(f"PyTorch {torch.__version__} sees no CUDA device "
+                                  f"(torch.version.cuda = {torch.version.cuda})")
+            self.device = torch.device("cuda")
+            self.sync = torch.cuda.synchronize
+        else:  # a CPU smoke run: torch on the CPU too (no graphs there)
+            self.device = torch.device("cpu")
+            self.sync = lambda: None
+        dev = self.device
+        self.cfg, self.weights, self.schedule, self.steps_per_epoch = cfg, weights, schedule, steps_per_epoch
+        self.x = torch.from_numpy(data.train_x).to(dev)
+        self.y = torch.from_numpy(data.train_y.astype("int64")).to(dev)
+        self.test_x = torch.from_numpy(data.test_x).to(dev)
+        self.test_y = torch.from_numpy(data.test_y.astype("int64")).to(dev)
+        self.n = int(self.x.shape[0])
+        F = torch.nn.functional
+        if cfg.loss == "mse":   # the primer's C = 1/(2n) sum ||a - onehot||^2, as gpunn's MSE
+            eye = torch.eye(int(data.num_classes), device=dev)
+            self.loss = lambda out, y: 0.5 * ((out - eye.index_select(0, y)) ** 2).sum(1).mean()
+        else:
+            self.loss = F.cross_entropy
+        self.matmul_precision = torch.get_float32_matmul_precision()
+
+    def model(self):
+        """nn.Sequential with gpunn's initial weights (torch keeps Linear weights as (out, in))."""
+        torch, nn = self.torch, self.torch.nn
+        acts = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+        layers = []
+        for i, (w, b) in enumerate(self.weights):
+            lin = nn.Linear(*w.shape)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(w.T.copy()))
+                lin.bias.copy_(torch.from_numpy(b))
+            layers.append(lin)
+            act = self.cfg.activation if i < len(self.weights) - 1 else self.cfg.output_activation
+            if act != "identity":
+                layers.append(acts[act]())
+        return nn.Sequential(*layers).to(self.device)
+
+    def rates(self, e, steps):
+        """The rates of epoch e's first ``steps`` steps: gpunn's schedule at the same global steps."""
+        first = e * self.steps_per_epoch
+        return [self.schedule(first + s) for s in range(steps)]
+
+    def permutation(self, e):
+        from gpunn.data import epoch_permutation
+
+        return self.torch.from_numpy(epoch_permutation(self.n, self.cfg.seed, e)).to(self.device)
+
+    def accuracy(self, model):
+        with self.torch.no_grad():
+            pred = model(self.test_x).argmax(1)
+        return float((pred == self.test_y).double().mean().item())
+
+
+class TorchEager:
+    """The idiomatic loop: index_select the batch, zero_grad/forward/loss/backward/step, all batches."""
+
+    name = "torch_eager"
+
+    def __init__(self, ctx):
+        cfg, torch = ctx.cfg, ctx.torch
+        self.ctx, self.torch = ctx, torch
+        self.model = ctx.model()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   nesterov=bool(cfg.nesterov and cfg.momentum > 0))
+        bs = cfg.batch_size
+        self.batches = [(i, min(i + bs, ctx.n)) for i in range(0, ctx.n, bs)]
+
+    def epoch(self, e):
+        ctx, model, opt, lossf = self.ctx, self.model, self.opt, self.ctx.loss
+        perm, rates = ctx.permutation(e), ctx.rates(e, len(self.batches))
+        group = opt.param_groups[0]
+        ctx.sync()
+        t0 = time.perf_counter()
+        for (i, j), lr in zip(self.batches, rates):
+            ids = perm[i:j]
+            xb, yb = ctx.x.index_select(0, ids), ctx.y.index_select(0, ids)
+            group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss = lossf(model(xb), yb)
+            loss.backward()
+            opt.step()
+        ctx.sync()
+        return time.perf_counter() - t0
+
+    def accuracy(self):
+        return self.ctx.accuracy(self.model)
+
+    def describe(self):
+        return f"torch {self.torch.__version__}, foreach SGD, all {len(self.batches)} batches"
+
+
+def capture_graph(torch, fn):
+    """What ``fn()`` queues, as one CUDA graph (nothing runs while capturing); ``.replay()`` runs it."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize()
+    return graph
+
+
+class TorchGraph:
+    """zero_grad+forward+loss+backward+SGD captured as one CUDA graph, replayed for every full batch."""
+
+    name = "torch_graph"
+
+    def __init__(self, ctx):
+        torch = ctx.torch
+        if ctx.device.type != "cuda":
+            raise Unavailable("CUDA graphs need a CUDA device (--backend cuda)")
+        self.ctx, self.torch = ctx, torch
+        bs = ctx.cfg.batch_size
+        if ctx.n < bs:
+            raise Unavailable(f"fewer training samples ({ctx.n}) than one batch ({bs})")
+        self.batches = [(i, i + bs) for i in range(0, ctx.n - bs + 1, bs)]
+        self.dropped = ctx.n - len(self.batches) * bs
+        self.attempts = []
+        # the rate in a device tensor (fused SGD reads it on the device); else a constant rate
+        for mode in ("device lr", "constant lr"):
+            try:
+                self._capture(mode)
+                self.mode = mode
+                break
+            except Exception as exc:
+                self.attempts.append(f"{mode}: {error_text(exc)}")
+                say(f"  [torch_graph] capture with {mode} failed: {error_text(exc)}")
+                try:
+                    torch.cuda.synchronize()
+                except Exception:
+                    pass
+        else:
+            raise RuntimeError("CUDA graph capture failed: " + "; ".join(self.attempts))
+
+    def _capture(self, mode):
+        torch, ctx, cfg = self.torch, self.ctx, self.ctx.cfg
+        model = ctx.model()
+        nesterov = bool(cfg.nesterov and cfg.momentum > 0)
+        if mode == "device lr":
+            lr = torch.tensor(float(ctx.schedule(0)), dtype=torch.float32, device=ctx.device)
+            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=nesterov, fused=True)
+        else:
+            lr = None
+            opt = torch.optim.SGD(model.parameters(), lr=float(ctx.schedule(0)), momentum=cfg.momentum,
+                                  nesterov=nesterov)
+        bs = cfg.batch_size
+        sx = torch.empty((bs, ctx.x.shape[1]), device=ctx.device)
+        sy = torch.empty((bs,), dtype=torch.int64, device=ctx.device)
+        sx.copy_(ctx.x[:bs])
+        sy.copy_(ctx.y[:bs])
+        start = [p.detach().clone() for p in model.parameters()]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):   # warm-up: allocations, cuBLAS handles, the optimizer's state
+            for _ in range(3):
+                opt.zero_grad(set_to_none=True)
+                ctx.loss(model(sx), sy).backward()
+                opt.step()
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():   # undo the warm-up, in place (the graph keeps these addresses)
+            for p, p0 in zip(model.parameters(), start):
+                p.copy_(p0)
+            for state in opt.state.values():
+                buf = state.get("momentum_buffer")
+                if buf is not None:
+                    buf.zero_()   # v = m*0 + g = g: torch's (and gpunn's) first momentum step
+        opt.zero_grad(set_to_none=True)   # backward inside the graph then writes .grad in its own pool
+
+        def step():
+            ctx.loss(model(sx), sy).backward()
+            opt.step()
+
+        graph = capture_graph(torch, step)
+        self.model, self.opt, self.graph, self.sx, self.sy, self.lr = model, opt, graph, sx, sy, lr
+
+    def epoch(self, e):
+        torch, ctx, graph, sx, sy, lr_t = self.torch, self.ctx, self.graph, self.sx, self.sy, self.lr
+        perm, rates = ctx.permutation(e), ctx.rates(e, len(self.batches))
+        x, y = ctx.x, ctx.y
+        ctx.sync()
+        t0 = time.perf_counter()
+        for (i, j), lr in zip(self.batches, rates):
+            ids = perm[i:j]
+            torch.index_select(x, 0, ids, out=sx)
+            torch.index_select(y, 0, ids, out=sy)
+            if lr_t is not None:
+                lr_t.fill_(lr)
+            graph.replay()
+        ctx.sync()
+        return time.perf_counter() - t0
+
+    def accuracy(self):
+        return self.ctx.accuracy(self.model)
+
+    def describe(self):
+        what = ("fused SGD, lr in a device tensor" if self.mode == "device lr"
+                else f"foreach SGD at a CONSTANT lr {self.ctx.schedule(0):g} (device lr failed: {self.attempts[0]})")
+        return f"torch {self.torch.__version__}, {what}; {len(self.batches)} full batches ({self.dropped} samples dropped)"
+
+
+# ---------------------------------------------------------------------------- one network
+
+
+def net_title(key, cfg, n):
+    sizes = [784, *cfg.hidden, 10]
+    mom = (f" + {'Nesterov ' if cfg.nesterov else ''}momentum {cfg.momentum:g}" if cfg.momentum else "")
+    return (f"{key}: {'-'.join(map(str, sizes))} {cfg.activation}"
+            f"{', ' + cfg.output_activation + ' output' if cfg.output_activation != 'identity' else ''}, "
+            f"batch {cfg.batch_size}, {cfg.loss}, SGD lr {cfg.lr:g}{mom}, {cfg.lr_schedule} over {cfg.epochs} epochs; "
+            f"{n} training samples")
+
+
+def run_net(key, data, args, notes, nets):
+    from gpunn.optim import Schedule
+    from gpunn.train import TrainConfig
+
+    cfg = TrainConfig(**NETS[key], epochs=args.epochs, seed=0)
+    n = int(data.train_x.shape[0])
+    steps_per_epoch = -(-n // cfg.batch_size)
+    title = net_title(key, cfg, n)
+    say(f"\n== {title}")
+    result = {"title": title,   # every contestant has a key: null where it did not run (see errors, notes)
+              "seconds_per_epoch": {c: None for c in CONTESTANTS},
+              "epoch_seconds": {c: None for c in CONTESTANTS},
+              "test_accuracy": {c: None for c in CONTESTANTS},
+              "errors": {}, "details": {},
+              "config": {**cfg.as_dict(), "train_samples": n, "test_samples": int(data.test_x.shape[0]),
+                         "steps_per_epoch": steps_per_epoch, "backend": args.backend}}
+    nets[key] = result   # published now: a run stopped part-way still reports this net's epochs
+    runs = []
+
+    def failed(name, exc):
+        result["errors"][name] = error_text(exc)
+        notes.append(f"{key}/{name}: {error_text(exc)}")
+        if isinstance(exc, Unavailable):
+            say(f"  {name}: not run: {exc}")
+        else:
+            report_failure(f"{key}/{name}", exc)
+
+    # gpunn first: a fresh trainer's weights are everyone's initial weights
+    for name, graphs in (("gpunn", True), ("gpunn_eager", False)):
+        if name in args.only:
+            try:
+                runs.append(GpunnRun(name, cfg, data, args.backend, graphs, notes))
+            except Exception as exc:
+                failed(name, exc)
+    weights = None
+    try:
+        weights = initial_weights(cfg, data, runs[0].trainer if runs else None)
+    except Exception as exc:
+        report_failure(f"{key}: reading the initial weights", exc)
+        notes.append(f"{key}: could not read gpunn's initial weights: {error_text(exc)}")
+    torch_names = [c for c in ("torch_eager", "torch_graph") if c in args.only]
+    if torch_names:
+        try:
+            if weights is None:
+                raise Unavailable("no initial weights from gpunn")
+            schedule = Schedule(cfg.lr_schedule, cfg.lr, cfg.epochs, steps_per_epoch, cfg.step_size, cfg.gamma)
+            ctx = TorchContext(args.backend, cfg, data, weights, schedule, steps_per_epoch)
+            result["config"]["torch_float32_matmul_precision"] = ctx.matmul_precision
+            for name, cls in (("torch_eager", TorchEager), ("torch_graph", TorchGraph)):
+                if name in torch_names:
+                    try:
+                        runs.append(cls(ctx))
+                    except Exception as exc:
+                        failed(name, exc)
+        except Exception as exc:
+            for name in torch_names:
+                failed(name, exc)
+    order = [c for c in CONTESTANTS if c in args.only]
+    runs.sort(key=lambda r: order.index(r.name))
+    times = {r.name: [] for r in runs}
+    live, stopped = list(runs), None
+    try:
+        for e in range(args.epochs):
+            k = e % len(live) if live else 0
+            line = []
+            for r in live[k:] + live[:k]:   # rotate who goes first
+                try:
+                    times[r.name].append(r.epoch(e))
+                    line.append(f"{r.name} {times[r.name][-1]:.4f} s")
+                except Exception as exc:
+                    failed(r.name, exc)
+                    line.append(f"{r.name} FAILED")
+            live = [r for r in live if r.name not in result["errors"]]
+            say(f"  epoch {e + 1}/{args.epochs}{' (warm-up)' if e == 0 and args.epochs > 1 else ''}: "
+                + ", ".join(line))
+    except Stopped as exc:   # report the epochs that finished, then stop
+        stopped = exc
+        notes.append(f"{key}: {exc} during the epochs; the medians use the epochs that finished")
+    for r in runs:
+        t = times[r.name]
+        if t:
+            result["epoch_seconds"][r.name] = t
+            if r.name not in result["errors"]:
+                result["seconds_per_epoch"][r.name] = median_after_warmup(t)
+        try:
+            result["details"][r.name] = r.describe()
+            if r.name not in result["errors"]:
+                result["test_accuracy"][r.name] = r.accuracy()
+        except Exception as exc:
+            failed(r.name, exc)
+        if isinstance(r, GpunnRun):
+            result["details"][r.name + "_graphs"] = r.info
+    if any(isinstance(r, TorchGraph) for r in runs):
+        tg = next(r for r in runs if isinstance(r, TorchGraph))
+        notes.append(f"{key}/torch_graph: the partial last batch is dropped ({len(tg.batches)} full batches, "
+                     f"{tg.dropped} samples not trained per epoch); its 3 warm-up steps were undone before capture")
+        if tg.mode != "device lr":
+            notes.append(f"{key}/torch_graph: ran at a constant lr (a device-tensor lr could not be captured: "
+                         f"{tg.attempts[0]})")
+    for r in runs:   # free the device memory before the next net
+        r.__dict__.clear()
+    del runs
+    gc.collect()
+    if stopped is not None:
+        raise stopped
+    return result
+
+
+# ---------------------------------------------------------------------------- launch and start-up
+
+
+def measure_launch(backend):
+    """Host µs per eager op call (device synchronised before and after the timed loop)."""
+    import numpy as np
+
+    from gpunn.backend import get_backend
+
+    be = get_backend(backend)
+    rng = np.random.default_rng(0)
+    x = be.asarray(rng.standard_normal((128, 512), dtype=np.float32))
+    b = be.asarray(rng.standard_normal(512, dtype=np.float32))
+    out = be.empty((128, 512))
+    p = be.asarray(rng.standard_normal(BIG_PARAMETERS, dtype=np.float32))
+    g = be.asarray(0.01 * rng.standard_normal(BIG_PARAMETERS, dtype=np.float32))
+    v = be.zeros((BIG_PARAMETERS,))
+    cases = {
+        "_bias_act": (be._bias_act, (x, b, "relu", out)),
+        "bias_act": (be.bias_act, (x, b, "relu", out)),
+        "_sgd_update": (be._sgd_update, (p, g, v, 1e-3, 0.9, 0.0, True)),
+    }
+    result = {"device": be.describe(), "calls": LAUNCH_CALLS, "warmup_calls": LAUNCH_WARMUP,
+              "shapes": {"x": [128, 512], "bias": [512], "sgd_param": [BIG_PARAMETERS]}}
+    for name, (fn, fargs) in cases.items():
+        try:
+            for _ in range(LAUNCH_WARMUP):
+                fn(*fargs)
+            be.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(LAUNCH_CALLS):
+                fn(*fargs)
+            be.synchronize()
+            result[name] = (time.perf_counter() - t0) / LAUNCH_CALLS * 1e6
+            say(f"  {name:<12} {result[name]:8.2f} µs per call")
+        except Exception as exc:
+            result[name] = None
+            result.setdefault("errors", {})[name] = error_text(exc)
+            report_failure(f"launch_us/{name}", exc)
+    return result
+
+
+def measure_startup(args):
+    """Seconds from just before Popen to the first queued step of `python -m gpunn train`, twice."""
+    folder = data_folder(args)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="gpunn-startup-") as tmp:
+        for i in (1, 2):
+            metrics = Path(tmp) / f"run{i}.json"
+            cmd = [sys.executable, "-m", "gpunn", "train", "--backend", args.backend, "--epochs", "1",
+                   "--train-samples", "2000", "--test-samples", "500", "--data-dir", str(folder),
+                   "--metrics-json", str(metrics)]
+            run = {"command": shlex.join(cmd), "seconds_to_first_step": None}
+            t0 = time.time()
+            proc = None
+            try:
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        cwd=REPO, env=env)
+                try:
+                    out, err = proc.communicate(timeout=args.startup_timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    out, err = proc.communicate()
+                    raise TimeoutError(f"still running after {args.startup_timeout:g} s; stopped") from None
+                run["wall_s"] = time.time() - t0
+                run["returncode"] = proc.returncode
+                if proc.returncode != 0:
+                    tail = (err or out or "").strip().splitlines()[-3:]
+                    raise RuntimeError(f"exit status {proc.returncode}: {' | '.join(tail)}")
+                m = json.loads(metrics.read_text())
+                first = m.get("first_step_unix_time")
+                if first is None:
+                    run["error"] = "the metrics JSON has no first_step_unix_time"
+                else:
+                    run["seconds_to_first_step"] = float(first) - t0
+                run["cuda_graphs"] = m.get("cuda_graphs")
+            except Exception as exc:
+                run.setdefault("wall_s", time.time() - t0)
+                run["error"] = error_text(exc)
+            finally:
+                if proc is not None and proc.poll() is None:   # stopped (SIGTERM) while it ran
+                    proc.kill()
+                    proc.wait()
+            runs.append(run)
+            s = run["seconds_to_first_step"]
+            say(f"  run {i}: " + (f"first step {s:.2f} s after start" if s is not None else f"no time: {run['error']}")
+                + f" (whole run {run['wall_s']:.1f} s)")
+    return {"first": runs[0]["seconds_to_first_step"], "second": runs[1]["seconds_to_first_step"], "runs": runs}
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+def targets(results):
+    """The issue's targets beside the measured numbers: [{what, measured, target, met}]."""
+    nets, rows = results["nets"], []
+
+    def spe(net, c):
+        return (nets.get(net) or {}).get("seconds_per_epoch", {}).get(c)
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    big, small = spe("big", "gpunn"), spe("small", "gpunn")
+    launch, startup = results.get("launch_us") or {}, results.get("startup_s") or {}
+    for what, measured, limit, unit in (
+        ("big: gpunn s/epoch", big, BIG_S_PER_EPOCH, " s"),
+        ("big: gpunn / torch_graph", ratio(big, spe("big", "torch_graph")), VS_TORCH_GRAPH, "×"),
+        ("big: gpunn / torch_eager", ratio(big, spe("big", "torch_eager")), VS_TORCH_EAGER, "×"),
+        ("small: gpunn s/epoch", small, SMALL_S_PER_EPOCH, " s"),
+        ("eager launch: _bias_act", launch.get("_bias_act"), LAUNCH_US, " µs"),
+        ("eager launch: bias_act (checked)", launch.get("bias_act"), LAUNCH_US, " µs"),
+        ("eager launch: _sgd_update (669,706)", launch.get("_sgd_update"), LAUNCH_US, " µs"),
+        ("second run: first step after start", startup.get("second"), STARTUP_S, " s"),
+    ):
+        rows.append({"what": what, "measured": measured, "target": limit, "unit": unit.strip(),
+                     "met": None if measured is None else bool(measured <= limit)})
+    return rows
+
+
+def fmt(v, spec=".4f"):
+    return "-" if v is None else format(v, spec)
+
+
+def print_summary(results, args):
+    say("\n" + "=" * 100)
+    say(f"RESULTS  device: {results['device']}  ({results['date']})")
+    say(f"command: {results['command']}")
+    say(f"data: {results.get('data')}")
+    if results["notes"]:   # first: the tables and targets below are what a log's tail shows
+        say("notes:")
+        for note in results["notes"]:
+            say(f"  - {note}")
+    warm = (f"{args.epochs} epochs each, interleaved; the first is a warm-up, not in the median"
+            if args.epochs > 1 else "1 epoch each (no warm-up excluded)")
+    say(f"\ntraining: seconds per epoch, median ({warm}); ratio = this ÷ gpunn")
+    for key, net in results["nets"].items():
+        if net is None:
+            continue
+        say(f"{net['title']}")
+        ref = net["seconds_per_epoch"].get("gpunn")
+        w = max(len(c) for c in CONTESTANTS)
+        say(f"  {'contestant':<{w}} {'s/epoch':>8} {'min':>8} {'max':>8} {'ratio':>7} {'test acc':>9}  details")
+        for c, med in net["seconds_per_epoch"].items():
+            if c not in args.only:
+                continue
+            t = net["epoch_seconds"].get(c)
+            acc = net["test_accuracy"].get(c)
+            err = net["errors"].get(c)
+            timed = t[1:] if t and len(t) > 1 else t
+            ratio = f"{med / ref:.2f}" if med is not None and ref else "-"
+            detail = f"ERROR: {err}" if err else net["details"].get(c, "")
+            say(f"  {c:<{w}} {fmt(med):>8} {fmt(min(timed) if timed else None):>8} "
+                f"{fmt(max(timed) if timed else None):>8} {ratio:>7} "
+                f"{(f'{100 * acc:.2f}%' if acc is not None else '-'):>9}  {detail}")
+    launch = results.get("launch_us")
+    if launch:
+        say(f"\nlaunch_us: host µs per eager op call, {LAUNCH_CALLS} calls after {LAUNCH_WARMUP} "
+            f"(synchronised before and after), {launch.get('device', '')}")
+        for name in ("_bias_act", "bias_act", "_sgd_update"):
+            err = (launch.get("errors") or {}).get(name)
+            say(f"  {name:<12} {fmt(launch.get(name), '8.2f')} µs" + (f"  ERROR: {err}" if err else ""))
+    startup = results.get("startup_s")
+    if startup:
+        say("\nstartup_s: `python -m gpunn train` on 2000 samples, seconds from its start to its first queued step")
+        for i, run in enumerate(startup.get("runs", []), 1):
+            label = "run 1 (kernel cache may be cold)" if i == 1 else "run 2 (warm: the target's)"
+            s = run.get("seconds_to_first_step")
+            say(f"  {label:<34} {fmt(s, '6.2f')} s  (whole run {fmt(run.get('wall_s'), '.1f')} s)"
+                + (f"  ERROR: {run['error']}" if run.get("error") else ""))
+    say("\ntargets (from the issue; measured vs target):")
+    if args.backend != "cuda":
+        say(f"  (the targets are for the cuda backend; this run used {args.backend})")
+    for t in results["targets"]:
+        status = "not measured" if t["met"] is None else "met" if t["met"] else "missed"
+        unit = "" if t["unit"] == "×" else " " + t["unit"]
+        mspec, tspec = {"µs": (".2f", ".0f"), "s": (".3f", ".3f")}.get(t["unit"], (".3f", ".3f"))
+        say(f"  {t['what']:<38} {fmt(t['measured'], mspec):>9}{unit}  vs ≤ {format(t['target'], tspec)}{unit}"
+            f"  {status}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    sys.path.insert(0, str(REPO))   # run from a checkout without installing
+    command = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", __file__, *argv])
+    device, versions = describe_device(args.backend)
+    results = {"device": device,
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "command": command, "backend": args.backend, "epochs": args.epochs, "versions": versions,
+               "nets": {}, "launch_us": None, "startup_s": None, "notes": [], "targets": []}
+    notes = results["notes"]
+    skipped = [c for c in CONTESTANTS if c not in args.only]
+    if skipped:
+        notes.append(f"not run (not in --only): {', '.join(skipped)}")
+    if args.backend == "cuda" and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        notes.append("NUMBA_ENABLE_CUDASIM is set: gpunn's cuda backend is Numba's CPU simulator here, not a GPU")
+    if args.epochs > 1:
+        notes.append("the first epoch of each contestant is a warm-up and is not in the median")
+    notes.append("gpunn's epoch time is EpochStats.seconds: its training loop between two device "
+                 "synchronisations (the per-epoch evaluation is outside it)")
+
+    def save():
+        results["targets"] = targets(results)
+        if args.json:
+            try:
+                write_json(args.json, results)
+            except Exception as exc:
+                report_failure(f"writing {args.json}", exc)
+
+    say(f"device: {device}\nversions: {', '.join(f'{k} {v}' for k, v in versions.items())}")
+    keys = list(NETS) if args.net == "both" else [args.net]
+    data = None
+    try:
+        data, what = load_data(args)
+        results["data"] = what
+        say(f"data: {what}")
+    except Exception as exc:
+        report_failure("loading the data", exc)
+        notes.append(f"no data ({error_text(exc)}): no network was trained")
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        measure_all(args, data, keys, results, save)
+    except Stopped as exc:
+        say(f"\n!! {exc}: reporting what was measured")
+        notes.append(f"the run was cut short ({exc}); sections after that point were not measured")
+    save()
+    print_summary(results, args)
+    return 0
+
+
+def measure_all(args, data, keys, results, save):
+    notes = results["notes"]
+    for key in keys:
+        if data is None:
+            results["nets"][key] = None
+            continue
+        try:
+            run_net(key, data, args, notes, results["nets"])
+        except Exception as exc:   # a bug outside any one contestant: the other sections still run
+            report_failure(f"net {key}", exc)
+            notes.append(f"{key}: not measured ({error_text(exc)})")
+            results["nets"][key] = None
+        finally:
+            save()
+    if args.skip_launch:
+        notes.append("launch_us: skipped (--skip-launch)")
+    else:
+        say(f"\n== launch_us ({args.backend} backend)")
+        try:
+            results["launch_us"] = measure_launch(args.backend)
+        except Exception as exc:
+            report_failure("launch_us", exc)
+            notes.append(f"launch_us: not measured ({error_text(exc)})")
+        save()
+    if args.skip_startup:
+        notes.append("startup_s: skipped (--skip-startup)")
+    else:
+        say("\n== startup_s (python -m gpunn train, twice)")
+        try:
+            results["startup_s"] = measure_startup(args)
+            for i, run in enumerate(results["startup_s"]["runs"], 1):
+                if run.get("error"):
+                    notes.append(f"startup_s run {i}: {run['error']}")
+            if any(k in results["nets"] and results["nets"][k] for k in keys):
+                notes.append("startup_s: this process had already compiled gpunn's kernels, so the first "
+                             "run's kernel cache was probably warm too (if Numba's disk cache is writable)")
+        except Exception as exc:
+            report_failure("startup_s", exc)
+            notes.append(f"startup_s: not measured ({error_text(exc)})")
+        save()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

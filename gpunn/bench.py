@@ -420,7 +420,7 @@ def plot_png(res: BenchResult) -> bytes:
 
 
 def cmd_bench(args):
-    from gpunn.checkpoint import atomic_write, check_writable, write_json
+    from gpunn.output import check_writable, write_bytes, write_json
     from gpunn.profile import simulator_on
     from gpunn.roofline import peaks_for
 
@@ -449,8 +449,7 @@ def cmd_bench(args):
     if args.json:
         write_json(args.json, res.as_dict())
     if args.plot:
-        png = plot_png(res)
-        atomic_write(args.plot, lambda f: f.write(png))
+        write_bytes(args.plot, plot_png(res))
     return 0
 
 

@@ -127,10 +127,10 @@ def load_data(args, progress):
 
 
 def cmd_train(args):
-    from gpunn import checkpoint
+    from gpunn import checkpoint, output
     from gpunn.train import Interrupted, Trainer
 
-    checkpoint.check_writable(args.save, args.metrics_json)  # before training, not after it
+    output.check_writable(args.save, args.metrics_json)  # before training, not after it
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     base = None
     if args.resume:
@@ -170,19 +170,19 @@ def cmd_train(args):
     print(f"test accuracy {100 * acc:.2f}% after {trainer.epoch} epochs "
           f"({train_seconds:.1f} s training, {wall:.1f} s with evaluation)")
     if args.metrics_json:
-        checkpoint.write_json(args.metrics_json, trainer.metrics(train_seconds))
+        output.write_json(args.metrics_json, trainer.metrics(train_seconds))
     return 0
 
 
 def cmd_eval(args):
     import numpy as np
 
-    from gpunn import checkpoint
+    from gpunn import checkpoint, output
     from gpunn.errors import DataError
     from gpunn.layers import from_config
     from gpunn.train import evaluate
 
-    checkpoint.check_writable(args.metrics_json)
+    output.check_writable(args.metrics_json)
     meta, _, _ = checkpoint.load(args.checkpoint)
     backend = make_backend(args)
     model = from_config(meta["model"], backend=backend)
@@ -195,7 +195,7 @@ def cmd_eval(args):
     acc = evaluate(model, backend.asarray(data.test_x), backend.asarray(data.test_y, np.int32))
     print(f"test accuracy {100 * acc:.2f}% ({data.test_x.shape[0]:,} images, {args.checkpoint})")
     if args.metrics_json:
-        checkpoint.write_json(args.metrics_json, {"test_accuracy": acc, "backend": backend.name, "checkpoint": str(args.checkpoint)})
+        output.write_json(args.metrics_json, {"test_accuracy": acc, "backend": backend.name, "checkpoint": str(args.checkpoint)})
     return 0
 
 
@@ -249,7 +249,7 @@ def main(argv=None):
         return args.func(args)
     except GpunnError as exc:
         print(f"gpunn {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED if type(exc).__name__ == "TrainingDiverged" else EXIT_USAGE
+        return exc.exit_status
     except (ValueError, OSError) as exc:
         print(f"gpunn {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -684,9 +684,9 @@ def chrome_trace(prof: StepProfile) -> dict:
 
 
 def _write_text(path, text):
-    from gpunn.checkpoint import atomic_write
+    from gpunn.output import write_text
 
-    atomic_write(path, lambda f: f.write(text.encode()))
+    write_text(path, text)
 
 
 # ---------------------------------------------------------------------------- gpunn kernels
@@ -746,7 +746,7 @@ def _peak_options(p):
 
 
 def cmd_profile(args):
-    from gpunn.checkpoint import check_writable
+    from gpunn.output import check_writable
     from gpunn.cli import make_backend, train_config
 
     check_writable(args.json, args.csv, args.trace)
@@ -756,7 +756,7 @@ def cmd_profile(args):
     prof = profile_step(cfg, backend, reps=args.reps, warmup=args.warmup, peaks=peaks)
     print(format_profile(prof, args.sort))
     if args.json:
-        from gpunn.checkpoint import write_json
+        from gpunn.output import write_json
 
         write_json(args.json, prof.as_dict(args.sort))
     if args.csv:
@@ -767,7 +767,7 @@ def cmd_profile(args):
 
 
 def cmd_kernels(args):
-    from gpunn.checkpoint import check_writable, write_json
+    from gpunn.output import check_writable, write_json
     from gpunn.occupancy import ARCHS, normalize_arch
 
     check_writable(args.json)

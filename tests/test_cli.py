@@ -158,3 +158,61 @@ def test_profiling_commands_refuse_empty_lists_and_unwritable_outputs(args, need
     r = gpunn(*args)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def fake_data(tmp_path):
+    from test_data import fake_mnist, write_mnist
+
+    return write_mnist(tmp_path / "data", fake_mnist(rows=4, cols=3))
+
+
+def outputs_of_every_command(data, ck, out):
+    """Every command line that writes a file, each writing every output it has to ``out``."""
+    fast = ["--backend", "numpy", "--peak-gflops", "1", "--peak-gbs", "1"]
+    return [
+        ["train", "--data-dir", data, "--hidden", "8", "--epochs", "1", "--backend", "numpy",
+         "--save", out, "--metrics-json", out],
+        ["eval", ck, "--data-dir", data, "--backend", "numpy", "--metrics-json", out],
+        ["bench", "softmax", "--sizes", "4x10", "--reps", "1", "--warmup", "0", "--peak-gflops", "1",
+         "--peak-gbs", "1", "--json", out],
+        ["kernels", "--arch", "sm_90", "--json", out],
+        ["profile", *fast, "--hidden", "8", "--batch-size", "8", "--reps", "1", "--warmup", "0",
+         "--json", out, "--csv", out, "--trace", out],
+    ]
+
+
+def test_no_command_replaces_a_device_it_writes_to(tmp_path):
+    """``--save /dev/null`` once replaced the machine's /dev/null with a 0600 regular file."""
+    import stat
+
+    null = tmp_path / "null"
+    try:
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs root (CAP_MKNOD)")
+    before = os.lstat(null)
+    data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
+    assert gpunn("train", "--data-dir", data, "--hidden", "8", "--epochs", "1", "--backend", "numpy",
+                 "--save", ck).returncode == 0
+    for cmd in outputs_of_every_command(data, ck, null):
+        r = gpunn(*cmd)
+        assert r.returncode == 0, (cmd, r.stderr)
+        st = os.lstat(null)
+        assert stat.S_ISCHR(st.st_mode) and (st.st_ino, st.st_mode, st.st_rdev) == \
+            (before.st_ino, before.st_mode, before.st_rdev), cmd
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz", "data", "null"]
+
+
+def test_every_command_writes_through_a_symlink(tmp_path):
+    data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
+    assert gpunn("train", "--data-dir", data, "--hidden", "8", "--epochs", "1", "--backend", "numpy",
+                 "--save", ck).returncode == 0
+    (tmp_path / "real").write_text("")
+    link = tmp_path / "latest"
+    link.symlink_to("real")
+    for cmd in outputs_of_every_command(data, ck, link):
+        (tmp_path / "real").write_text("")
+        r = gpunn(*cmd)
+        assert r.returncode == 0, (cmd, r.stderr)
+        assert link.is_symlink() and os.readlink(link) == "real", cmd
+        assert (tmp_path / "real").stat().st_size > 0, cmd

@@ -108,10 +108,11 @@ def atomic_write(path, write):
 
 
 def _write_in_place(target, write):
-    """A FIFO or device: build the bytes in memory (a writer may seek), then write them once."""
+    """A FIFO or device: build the bytes in memory (a writer may seek), then write them once.
+    Appended, not truncated: ``--json /dev/stdout > out.txt`` keeps what was printed before."""
     buf = io.BytesIO()
     write(buf)
-    with open(target, "wb") as f:  # O_TRUNC is a no-op on FIFOs and devices
+    with open(os.open(target, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)), "wb") as f:
         f.write(buf.getbuffer())
 
 

@@ -197,3 +197,13 @@ def test_check_writable_follows_links_and_refuses_folders(tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(GpunnError, match="loop"):
         output.check_writable(tmp_path / "loop")
+
+
+def test_dev_stdout_continues_the_stream_it_names(tmp_path):
+    """``--json /dev/stdout > out.txt``: what was printed before stays; out.txt is not replaced."""
+    script = "from gpunn import output; print('table', flush=True); output.write_json('/dev/stdout', {'a': 1})"
+    with open(tmp_path / "out.txt", "w") as out:
+        r = subprocess.run([sys.executable, "-c", script], stdout=out, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.txt").read_text() == 'table\n{\n  "a": 1\n}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]

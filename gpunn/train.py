@@ -88,10 +88,14 @@ def build_model(cfg: TrainConfig, in_features: int, num_classes: int, backend):
 
 def evaluate(model, x, y, batch_size=1000):
     """Accuracy (0..1) of ``model`` on device arrays x (N, D), int32 y (N,), in large batches."""
+    from gpunn.backend.base import _check, _check_labels
+
     be = model.backend
+    _check("evaluate", "y", y, shape=(x.shape[0],), dtype=np.int32)
+    _check_labels("evaluate", y, model.out_features, be)  # once here, not per batch (a GPU synchronisation)
     correct = be.zeros((1,), np.int32)
     for start, stop in batch_slices(x.shape[0], batch_size):
-        be.count_correct(model.forward(x[start:stop]), y[start:stop], correct)
+        be._count_correct(model.forward(x[start:stop]), y[start:stop], correct)
     return int(be.to_numpy(correct)[0]) / x.shape[0]
 
 
@@ -165,7 +169,7 @@ class Trainer:
         self.in_features = d.train_x.shape[1]
         self.num_classes = int(d.num_classes)
         self.model = build_model(cfg, self.in_features, self.num_classes, be)
-        self.loss_fn = get_loss(cfg.loss, be)
+        self.loss_fn = get_loss(cfg.loss, be, check_labels=False)  # check_dataset checked them once
         self.optimizer = SGD(self.model.params, self.model.grads, cfg.lr, cfg.momentum,
                              cfg.weight_decay, cfg.nesterov, backend=be)
         annotate_nvtx(self.model, self.optimizer)  # NVTX ranges for Nsight Systems on a GPU; no-op on the CPU

@@ -39,8 +39,18 @@ def save(path, model, optimizer=None, meta=None):
 def load(path):
     """Read a checkpoint: returns ``(meta, params, velocities)`` as host arrays; CheckpointError if bad."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if magic != b"PK\x03\x04":  # not a zip archive: np.load would try (and refuse) a pickle
+        raise CheckpointError(f"{path}: not a gpunn checkpoint (not an .npz archive"
+                              f"{', an empty file' if not magic else ''})")
     try:
         with np.load(path, allow_pickle=False) as z:
             files = set(z.files)

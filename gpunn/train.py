@@ -188,6 +188,7 @@ class Trainer:
         self._correct = be.zeros((1,), np.int32)
         self._stop_requested = False
         self._epoch_progress = (0.0, 0)  # (seconds, samples) of the current epoch before a stop
+        self.last_good = None  # the checkpoint this run last wrote or resumed from: the one a divergence names
 
     # ---------------------------------------------------------------- checkpoints
     def data_identity(self):
@@ -207,6 +208,7 @@ class Trainer:
 
     def save(self, path):
         checkpoint.save(path, self.model, self.optimizer, self.meta())
+        self.last_good = path
 
     def restore(self, path):
         meta = checkpoint.restore(path, self.model, self.optimizer)
@@ -225,6 +227,7 @@ class Trainer:
             self._epoch_progress = (float(partial.get("seconds", 0.0)), int(partial.get("seen", 0)))
         except (TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"{path}: its training position is malformed ({exc})") from None
+        self.last_good = path
         return meta
 
     # ---------------------------------------------------------------- the loop
@@ -239,7 +242,7 @@ class Trainer:
     def _check_finite(self, loss_sum, lr):
         if not math.isfinite(loss_sum):
             where = f"epoch {self.epoch + 1}, step {self.step} of {self.steps_per_epoch}"
-            kept = f"; the last good checkpoint is {self.save_path}" if self.save_path else ""
+            kept = f"; the last good checkpoint is {self.last_good}" if self.last_good else ""
             raise TrainingDiverged(f"the loss became {loss_sum} at {where}: the learning rate ({lr:.4g}) is "
                                    f"probably too high, try a smaller --lr{kept}")
 
@@ -334,6 +337,10 @@ class Trainer:
     def _on_sigint(self, signum, frame):
         # finish the step in flight, then stop: the weights are never saved half-updated
         self._stop_requested = True
+
+    def trained_seconds(self):
+        """Seconds of training (evaluation excluded) in the epochs done so far, a stopped one's included."""
+        return sum(h.seconds for h in self.history) + (self._epoch_progress[0] if self.step else 0.0)
 
     def metrics(self, train_seconds):
         return {

@@ -361,7 +361,11 @@ def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "_extra_commands", interrupted)
-    assert cli.main(["train", "--epochs", "1"]) == 130
+    try:
+        status = cli.main(["train", "--epochs", "1"])
+    except KeyboardInterrupt:
+        pytest.fail("a Ctrl-C during start-up escaped main(): a traceback")
+    assert status == 130
     assert capsys.readouterr().err == "gpunn: interrupted\n"
 
 

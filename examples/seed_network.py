@@ -10,35 +10,44 @@ run from the command line:
         --lr 6 --momentum 0 --no-nesterov --lr-schedule cosine --epochs 30
 """
 import argparse
+import sys
 import time
 
-from gpunn.checkpoint import write_json
+from gpunn.cli import report_errors
 from gpunn.data import load_mnist
+from gpunn.output import write_json
 from gpunn.train import TrainConfig, Trainer
 
-p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-p.add_argument("--data-dir")
-p.add_argument("--metrics-json")
-p.add_argument("--epochs", type=int, default=30)
-p.add_argument("--lr", type=float, default=6.0)
-p.add_argument("--backend", default=None)
-args = p.parse_args()
 
-cfg = TrainConfig(
-    hidden=(16, 16),            # 784 → 16 → 16 → 10
-    activation="sigmoid",       # σ(z) = 1 / (1 + e^-z) in every layer ...
-    output_activation="sigmoid",  # ... the output layer too
-    loss="mse",                 # C = 1/2n Σ ‖y(x) − a‖²
-    batch_size=100,
-    lr=args.lr, momentum=0.0, nesterov=False,
-    lr_schedule="cosine",       # learning-rate decay over the epochs
-    epochs=args.epochs,
-)
-data = load_mnist(args.data_dir)
-trainer = Trainer(cfg, data, backend=args.backend)
-t0 = time.perf_counter()
-trainer.fit()
-acc = trainer.history[-1].test_accuracy
-print(f"784-16-16-10 sigmoid/MSE: test accuracy {100 * acc:.2f}% in {time.perf_counter() - t0:.1f} s")
-if args.metrics_json:
-    write_json(args.metrics_json, trainer.metrics(sum(h.seconds for h in trainer.history)))
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir")
+    p.add_argument("--metrics-json")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=6.0)
+    p.add_argument("--backend", default=None)
+    args = p.parse_args()
+
+    cfg = TrainConfig(
+        hidden=(16, 16),            # 784 → 16 → 16 → 10
+        activation="sigmoid",       # σ(z) = 1 / (1 + e^-z) in every layer ...
+        output_activation="sigmoid",  # ... the output layer too
+        loss="mse",                 # C = 1/2n Σ ‖y(x) − a‖²
+        batch_size=100,
+        lr=args.lr, momentum=0.0, nesterov=False,
+        lr_schedule="cosine",       # learning-rate decay over the epochs
+        epochs=args.epochs,
+    )
+    data = load_mnist(args.data_dir)
+    trainer = Trainer(cfg, data, backend=args.backend)
+    t0 = time.perf_counter()
+    trainer.fit()
+    acc = trainer.history[-1].test_accuracy
+    print(f"784-16-16-10 sigmoid/MSE: test accuracy {100 * acc:.2f}% in {time.perf_counter() - t0:.1f} s")
+    if args.metrics_json:
+        write_json(args.metrics_json, trainer.metrics(sum(h.seconds for h in trainer.history)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(report_errors("seed_network.py", main))  # bad input: one line and exit status 2, no traceback

@@ -385,8 +385,8 @@ def format_bench(res: BenchResult) -> str:
     return "\n".join(lines)
 
 
-def plot_png(res: BenchResult) -> bytes:
-    """The results as a PNG: one line per variant over the sizes, the peak as a horizontal line."""
+def pyplot():
+    """matplotlib's pyplot, drawing to files only; GpunnError saying how to install it if missing."""
     try:
         import matplotlib
 
@@ -394,6 +394,12 @@ def plot_png(res: BenchResult) -> bytes:
         import matplotlib.pyplot as plt
     except ImportError:
         raise GpunnError('--plot needs matplotlib: pip install "gpunn[plot]"') from None
+    return plt
+
+
+def plot_png(res: BenchResult) -> bytes:
+    """The results as a PNG: one line per variant over the sizes, the peak as a horizontal line."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     x = np.arange(len(res.sizes))
     for v in res.variants:
@@ -420,11 +426,16 @@ def plot_png(res: BenchResult) -> bytes:
 
 
 def cmd_bench(args):
-    from gpunn.checkpoint import atomic_write, check_writable, write_json
+    from gpunn.output import check_writable, write_bytes, write_json
     from gpunn.profile import simulator_on
     from gpunn.roofline import peaks_for
 
-    check_writable(args.json, args.plot)
+    from gpunn.backend import check_backend_name
+
+    check_writable(args.json, args.plot)  # every output's requirements before the sweep, not after it
+    if args.plot:
+        pyplot()
+    check_backend_name(None)  # a bad $GPUNN_BACKEND is an error here, as in gpunn train
     kernel = KERNELS[args.kernel]
     sim = simulator_on()
     if args.sizes:
@@ -449,8 +460,7 @@ def cmd_bench(args):
     if args.json:
         write_json(args.json, res.as_dict())
     if args.plot:
-        png = plot_png(res)
-        atomic_write(args.plot, lambda f: f.write(png))
+        write_bytes(args.plot, plot_png(res))
     return 0
 
 
@@ -462,7 +472,7 @@ def _peak_backend():
 
 
 def register_cli(sub):
-    from gpunn.cli import nonneg_float, nonneg_int, positive_int
+    from gpunn.cli import add_threads_option, nonneg_float, nonneg_int, positive_int
     from gpunn.profile import _peak_options
 
     p = sub.add_parser("bench", help="one kernel across sizes: every variant validated, then timed (GB/s, GFLOP/s)",
@@ -481,4 +491,5 @@ def register_cli(sub):
     _peak_options(p)
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG plot (needs matplotlib)")
+    add_threads_option(p)
     p.set_defaults(func=cmd_bench)

@@ -2,73 +2,23 @@
 
 Layout: ``format`` (a string), ``meta`` (JSON: model config, training options,
 epoch/step position), ``param/<i>`` and ``velocity/<i>`` arrays.  Loaded with
-``allow_pickle=False``.  Written to a temporary file in the same folder, flushed,
-fsynced and renamed over the target, so a crash mid-write leaves the previous
-checkpoint intact.
+``allow_pickle=False``.  Written by :func:`gpunn.output.atomic_write`: to a temporary
+file in the same folder, flushed, fsynced and renamed over the target, so a crash
+mid-write leaves the previous checkpoint intact (a symlink is written through, a FIFO
+or device written into).
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from gpunn.errors import CheckpointError, GpunnError
+from gpunn.errors import CheckpointError
+from gpunn.output import atomic_write, check_writable, write_json  # noqa: F401 (also imported from here)
 
 FORMAT = "gpunn-checkpoint/1"
-
-
-def check_writable(*paths):
-    """Fail before any work when an output path cannot be written: a missing or read-only
-    folder, or a folder where the file should be.  ``None`` entries are skipped."""
-    for path in paths:
-        if path is None:
-            continue
-        path = Path(path)
-        parent = path.parent if str(path.parent) else Path(".")
-        if path.is_dir():
-            raise GpunnError(f"{path} is a folder; give a file name to write")
-        if not parent.is_dir():
-            raise GpunnError(f"cannot write {path}: folder {parent} does not exist")
-        if not os.access(parent, os.W_OK):
-            raise GpunnError(f"cannot write {path}: folder {parent} is not writable")
-
-
-def atomic_write(path, write):
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it into place."""
-    check_writable(path)
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def write_json(path, obj):
-    """Write ``obj`` as JSON to ``path`` atomically (metrics files, like checkpoints, are never half-written)."""
-    text = json.dumps(obj, indent=2) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save(path, model, optimizer=None, meta=None):
@@ -89,8 +39,18 @@ def save(path, model, optimizer=None, meta=None):
 def load(path):
     """Read a checkpoint: returns ``(meta, params, velocities)`` as host arrays; CheckpointError if bad."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if magic != b"PK\x03\x04":  # not a zip archive: np.load would try (and refuse) a pickle
+        raise CheckpointError(f"{path}: not a gpunn checkpoint (not an .npz archive"
+                              f"{', an empty file' if not magic else ''})")
     try:
         with np.load(path, allow_pickle=False) as z:
             files = set(z.files)

@@ -7,8 +7,10 @@ traceback: exit 2 for bad options or data, 1 for a run that failed (e.g. diverge
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
+import shlex
 import sys
 import time
 
@@ -75,6 +77,27 @@ def add_backend_options(p):
                    help="array backend (default: $GPUNN_BACKEND, else auto: cuda when a GPU is present, else numpy)")
     p.add_argument("--gemm", choices=("cublas", "numba"), default=None,
                    help="cuda backend: GEMM through cuBLAS (default) or gpunn's tiled Numba kernel")
+    add_threads_option(p)
+
+
+def add_threads_option(p):
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="CPU threads of BLAS and OpenMP (default: theirs, one per core); "
+                        "1 or 2 when other processes keep the CPU busy")
+
+
+@contextlib.contextmanager
+def cpu_threads(n):
+    """Limit the CPU libraries' thread pools (OpenBLAS, MKL, OpenMP) to ``n`` threads while
+    the command runs (threadpoolctl); ``None`` leaves them as they are."""
+    if n is None:
+        yield
+        return
+    import numpy  # noqa: F401  (a library's pool can only be limited once it is loaded)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=n):
+        yield
 
 
 def add_model_options(p, defaults):
@@ -114,23 +137,73 @@ def train_config(args, base=None):
 
 
 def make_backend(args):
-    from gpunn.backend import get_backend
+    """The backend the options name; ``--gemm`` only where the cuda backend runs."""
+    from gpunn.backend import auto_choice, check_backend_name, get_backend
 
-    options = {"gemm": args.gemm} if getattr(args, "gemm", None) else {}
-    return get_backend(args.backend, **options)
+    name = check_backend_name(args.backend)
+    gemm = getattr(args, "gemm", None)
+    if gemm:
+        chosen, why = auto_choice() if name == "auto" else (name, None)
+        if chosen != "cuda":
+            raise GpunnError(f"--gemm {gemm} chooses the cuda backend's GEMM, but this run uses the {chosen} "
+                             f"backend{f' ({why})' if why else ''}; drop --gemm or use --backend cuda")
+        return get_backend(chosen, gemm=gemm)
+    return get_backend(name)
 
 
-def load_data(args, progress):
+def load_data(args, progress, train=True):
     from gpunn.data import load_mnist
 
-    return load_mnist(args.data_dir, train_samples=args.train_samples, test_samples=args.test_samples, progress=progress)
+    return load_mnist(args.data_dir, train_samples=args.train_samples, test_samples=args.test_samples,
+                      progress=progress, train=train)
+
+
+def _option(k, v):
+    """How option ``k`` with value ``v`` is written on the command line."""
+    flag = "--" + k.replace("_", "-")
+    if isinstance(v, bool):
+        return flag if v else f"--no-{k}"
+    if v is None:
+        return f"no {flag}"
+    if k == "hidden":
+        return f"{flag} {shlex.quote(','.join(map(str, v)))}"
+    return f"{flag} {v}"
+
+
+def check_resume_options(args, path, saved):
+    """Options given with --resume must equal the checkpoint's (only --epochs may change)."""
+    for k in MODEL_FIELDS:
+        given = getattr(args, k, None)
+        if k == "epochs" or given is None:
+            continue
+        old = saved.get(k)
+        same = tuple(given) == tuple(old or ()) if k == "hidden" else given == old
+        if not same:
+            raise GpunnError(f"{path}: --resume continues the checkpoint's run, which has {_option(k, old)}; "
+                             f"got {_option(k, given)} (only --epochs may change)")
+
+
+def resume_command(args, path):
+    """The command line that continues this run from ``path``: the same data, backend and outputs."""
+    words = ["gpunn", "train", "--resume", str(path), "--save", str(path)]
+    for k in ("data_dir", "train_samples", "test_samples", "backend", "gemm", "threads", "metrics_json"):
+        v = getattr(args, k, None)
+        if v is not None:
+            words += ["--" + k.replace("_", "-"), str(v)]
+    if getattr(args, "graphs", None) is not None:
+        words.append("--graphs" if args.graphs else "--no-graphs")
+    return shlex.join(words)
+
+
+def _plural(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def cmd_train(args):
-    from gpunn import checkpoint
+    from gpunn import checkpoint, output
     from gpunn.train import Interrupted, Trainer
 
-    checkpoint.check_writable(args.save, args.metrics_json)  # before training, not after it
+    output.check_writable(args.save, args.metrics_json)  # before training, not after it
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     base = None
     if args.resume:
@@ -138,56 +211,69 @@ def cmd_train(args):
         base = meta.get("train")
         if not isinstance(base, dict):
             raise GpunnError(f"{args.resume}: checkpoint has no training state to resume (use gpunn eval)")
-        changed = [k for k in MODEL_FIELDS if k != "epochs" and getattr(args, k, None) is not None]
-        if changed:
-            raise GpunnError(f"--resume continues the checkpoint's run; only --epochs may change (got --{changed[0].replace('_', '-')})")
-    cfg = train_config(args, base)
+        check_resume_options(args, args.resume, base)
+    try:
+        cfg = train_config(args, base)
+    except (GpunnError, ValueError, TypeError) as exc:
+        if base is None:
+            raise
+        raise GpunnError(f"{args.resume}: {exc}") from None  # the checkpoint's own options are bad
     backend = make_backend(args)
     data = load_data(args, progress)
     if base is not None and meta.get("in_features") not in (None, data.train_x.shape[1]):
         raise GpunnError(f"the images have {data.train_x.shape[1]} pixels, but the checkpoint's model "
                          f"expects {meta['in_features']} ({args.resume})")
-    save_path = args.save or args.resume
-    trainer = Trainer(cfg, data, backend=backend, progress=progress, save_path=save_path, graphs=args.graphs)
+    trainer = Trainer(cfg, data, backend=backend, progress=progress, save_path=args.save, graphs=args.graphs)
     if args.resume:
         trainer.restore(args.resume)
         print(f"resuming {args.resume} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
+        if not args.save:
+            print(f"gpunn: this run saves no checkpoint ({args.resume} stays as it is); "
+                  f"--save {shlex.quote(str(args.resume))} would continue it in place", file=sys.stderr)
     print(f"model {trainer.model} ({trainer.model.num_parameters():,} parameters) on {backend.describe()}; "
           f"{data.train_x.shape[0]:,} training / {data.test_x.shape[0]:,} test images", file=sys.stderr)
+    trained_before = trainer.trained_seconds()
     t0 = time.perf_counter()
     try:
         trainer.fit()
     except Interrupted as exc:
         if exc.path:
             print(f"gpunn: interrupted at epoch {exc.epoch + 1}, step {exc.step}; saved {exc.path}. "
-                  f"Resume with: gpunn train --resume {exc.path}", file=sys.stderr)
+                  f"Resume with: {resume_command(args, exc.path)}", file=sys.stderr)
         else:
             print(f"gpunn: interrupted at epoch {exc.epoch + 1}, step {exc.step} (nothing saved: use --save PATH)", file=sys.stderr)
         return EXIT_INTERRUPTED
     wall = time.perf_counter() - t0
-    train_seconds = sum(h.seconds for h in trainer.history)
+    train_seconds = trainer.trained_seconds()
     acc = trainer.history[-1].test_accuracy if trainer.history else float("nan")
-    print(f"test accuracy {100 * acc:.2f}% after {trainer.epoch} epochs "
-          f"({train_seconds:.1f} s training, {wall:.1f} s with evaluation)")
+    if args.resume:  # this run's figures, and then the whole run's training time
+        times = (f"{train_seconds - trained_before:.1f} s training in this run, {wall:.1f} s with evaluation; "
+                 f"{train_seconds:.1f} s training over all {_plural(trainer.epoch, 'epoch')}")
+    else:
+        times = f"{train_seconds:.1f} s training, {wall:.1f} s with evaluation"
+    print(f"test accuracy {100 * acc:.2f}% after {_plural(trainer.epoch, 'epoch')} ({times})")
     if args.metrics_json:
-        checkpoint.write_json(args.metrics_json, trainer.metrics(train_seconds))
+        output.write_json(args.metrics_json, trainer.metrics(train_seconds))
     return 0
 
 
 def cmd_eval(args):
     import numpy as np
 
-    from gpunn import checkpoint
+    from gpunn import checkpoint, output
     from gpunn.errors import DataError
     from gpunn.layers import from_config
     from gpunn.train import evaluate
 
-    checkpoint.check_writable(args.metrics_json)
+    output.check_writable(args.metrics_json)
     meta, _, _ = checkpoint.load(args.checkpoint)
     backend = make_backend(args)
-    model = from_config(meta["model"], backend=backend)
+    try:
+        model = from_config(meta["model"], backend=backend)
+    except (ValueError, TypeError) as exc:
+        raise GpunnError(f"{args.checkpoint}: its model configuration is malformed ({exc})") from None
     checkpoint.restore(args.checkpoint, model)
-    data = load_data(args, progress=False)
+    data = load_data(args, progress=False, train=False)  # the test split only: offline, no training files
     if data.test_x.shape[1] != model.in_features:
         raise DataError(f"the test images have {data.test_x.shape[1]} pixels, but the model expects {model.in_features}")
     if model.out_features < data.num_classes:
@@ -195,7 +281,7 @@ def cmd_eval(args):
     acc = evaluate(model, backend.asarray(data.test_x), backend.asarray(data.test_y, np.int32))
     print(f"test accuracy {100 * acc:.2f}% ({data.test_x.shape[0]:,} images, {args.checkpoint})")
     if args.metrics_json:
-        checkpoint.write_json(args.metrics_json, {"test_accuracy": acc, "backend": backend.name, "checkpoint": str(args.checkpoint)})
+        output.write_json(args.metrics_json, {"test_accuracy": acc, "backend": backend.name, "checkpoint": str(args.checkpoint)})
     return 0
 
 
@@ -212,8 +298,10 @@ def build_parser():
     add_model_options(p, defaults)
     add_data_options(p)
     add_backend_options(p)
-    p.add_argument("--save", metavar="PATH", help="write a checkpoint after every epoch (atomically) and on Ctrl-C")
-    p.add_argument("--resume", metavar="PATH", help="continue a run from its checkpoint (weights, optimizer, schedule, position)")
+    p.add_argument("--save", metavar="PATH", help="write a checkpoint after every epoch (atomically) and on Ctrl-C; "
+                                                  "nothing else is ever saved")
+    p.add_argument("--resume", metavar="PATH", help="continue a run from its checkpoint (weights, optimizer, schedule, "
+                                                    "position); add --save PATH to keep saving it")
     p.add_argument("--metrics-json", metavar="PATH", help="write the run's metrics as JSON")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: when stderr is a terminal)")
     p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
@@ -242,26 +330,41 @@ def _extra_commands():
     return [importlib.import_module(n).register_cli for n in names if importlib.util.find_spec(n)]
 
 
+def report_errors(prog, func, *args):
+    """``func(*args)``, with what a user can cause turned into one line on stderr and an exit
+    status (never a traceback): bad input 2, a failed run 1, Ctrl-C 130.  The examples use it too."""
+    try:
+        return func(*args)
+    except GpunnError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except (ValueError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print(f"{prog}: error: not enough memory for this model or data size", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
 def main(argv=None):
-    parser = build_parser()
+    try:  # importing the commands takes a moment: Ctrl-C then is one line, too
+        parser = build_parser()
+    except KeyboardInterrupt:
+        print("gpunn: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    try:
-        return args.func(args)
-    except GpunnError as exc:
-        print(f"gpunn {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED if type(exc).__name__ == "TrainingDiverged" else EXIT_USAGE
-    except (ValueError, OSError) as exc:
-        print(f"gpunn {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except MemoryError:
-        print(f"gpunn {args.command}: error: not enough memory for this model or data size", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"gpunn {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+
+    def run():
+        with cpu_threads(getattr(args, "threads", None)):
+            return args.func(args)
+
+    return report_errors(f"gpunn {args.command}", run)
 
 
 if __name__ == "__main__":

@@ -182,7 +182,7 @@ class Dataset:
 
 def load_mnist(data_dir=None, *, download=True, cache_dir=None, train_samples=None,
                test_samples=None, num_classes=10, progress=True,
-               mirrors: Sequence[str] | None = None) -> Dataset:
+               mirrors: Sequence[str] | None = None, train=True) -> Dataset:
     """Load MNIST (or any MNIST-format data set) as a :class:`Dataset`.
 
     Looks in ``data_dir``, else ``$GPUNN_DATA_DIR``, else the cache (see the module
@@ -193,7 +193,9 @@ def load_mnist(data_dir=None, *, download=True, cache_dir=None, train_samples=No
     progress bar when ``progress`` and stderr is a terminal.
 
     ``train_samples``/``test_samples`` keep the first N samples of each split (all of
-    them when N is larger).  Labels must lie in ``0..num_classes-1``.
+    them when N is larger).  Labels must lie in ``0..num_classes-1``.  ``train=False``
+    reads (and downloads) only the test files, for evaluation: the training split is then
+    empty, with the test images' width.
     Raises DataError (one line, naming the file or folder) for any data problem and
     ValueError for bad arguments.
     """
@@ -205,17 +207,21 @@ def load_mnist(data_dir=None, *, download=True, cache_dir=None, train_samples=No
         data_dir, origin = os.environ["GPUNN_DATA_DIR"], " (from GPUNN_DATA_DIR)"
     else:
         origin = ""
+    keys = [k for k in MNIST_FILES if train or k.startswith("test_")]
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
-        files = _read_folder(folder, origin)
+        files = _read_folder(folder, origin, keys)
         exact = all(_sha256(data) == MNIST_FILES[key][2] for key, (_, data) in files.items())
         name = "mnist" if exact else folder.resolve().name
     else:
         folder = _cache_folder(cache_dir)
-        files = _read_cache(folder, download, MIRRORS if mirrors is None else mirrors, progress)
+        files = _read_cache(folder, download, MIRRORS if mirrors is None else mirrors, progress, keys)
         name = "mnist"
-    train_x, train_y = _split(files, "train", num_classes, train_samples)
     test_x, test_y = _split(files, "test", num_classes, test_samples)
+    if train:
+        train_x, train_y = _split(files, "train", num_classes, train_samples)
+    else:
+        train_x, train_y = np.empty((0, test_x.shape[1]), np.float32), np.empty(0, np.int32)
     if train_x.shape[1] != test_x.shape[1]:
         raise DataError(f"{files['train_images'][0]} holds images of {train_x.shape[1]} pixels "
                         f"but {files['test_images'][0]} of {test_x.shape[1]}")
@@ -264,11 +270,13 @@ def _find(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _read_folder(folder: Path, origin: str):
-    """key -> (path, decompressed bytes) for a folder the user named; never downloads."""
+def _read_folder(folder: Path, origin: str, keys=tuple(MNIST_FILES)):
+    """key -> (path, decompressed bytes) of ``keys`` in a folder the user named; never downloads."""
     if not folder.is_dir():
+        if folder.exists():
+            raise DataError(f"{folder}{origin} is a file, not a folder; give the folder that holds the MNIST files")
         raise DataError(f"{folder}{origin}: no such folder")
-    found = {key: _find(folder, name) for key, (name, _, _) in MNIST_FILES.items()}
+    found = {key: _find(folder, MNIST_FILES[key][0]) for key in keys}
     missing = [MNIST_FILES[key][0] for key, path in found.items() if path is None]
     if missing:
         raise DataError(f"{folder}{origin} lacks {', '.join(missing)} "
@@ -295,10 +303,11 @@ def _cache_unwritable(folder: Path, e: OSError) -> DataError:
                      f"{_how_to_get()}")
 
 
-def _read_cache(folder: Path, download: bool, mirrors, progress: bool):
-    """key -> (path, decompressed bytes) from the cache, downloading what is missing."""
+def _read_cache(folder: Path, download: bool, mirrors, progress: bool, keys=tuple(MNIST_FILES)):
+    """key -> (path, decompressed bytes) of ``keys`` from the cache, downloading what is missing."""
     files, missing = {}, []
-    for key, (name, _, sha256) in MNIST_FILES.items():
+    for key in keys:
+        name, _, sha256 = MNIST_FILES[key]
         path = _find(folder, name)
         if path is not None:
             try:

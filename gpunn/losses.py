@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpunn.backend.base import _check
+from gpunn.backend.base import _check, _check_labels
 from gpunn.errors import ShapeError
 
 
 class Loss:
+    """A loss on one backend.  ``check_labels=False`` skips reading the labels to the host to
+    check their range (on a GPU, a synchronisation per call): only for callers that checked
+    them once themselves, as the trainer does for its data set."""
+
     name = "loss"
     _op = _impl = None  # the op's name, and its implementation's
 
-    def __init__(self, backend):
+    def __init__(self, backend, check_labels=True):
         self.backend = backend
+        self.check_labels = check_labels
         self._grad = None
 
     def __repr__(self):
@@ -35,6 +40,8 @@ class Loss:
         _check(self._op, "output", out, dtype=be.dtype)
         _check(self._op, "labels", labels, dtype=labels.dtype)
         _check(self._op, "loss", loss, shape=(1,), dtype=be.dtype)
+        if self.check_labels:
+            _check_labels(f"{self!r}", labels, out.shape[1], be)
         if self._grad is None or self._grad.shape[0] < n or self._grad.shape[1] != out.shape[1]:
             self._grad = be.empty(out.shape)
         grad = self._grad[:n]
@@ -62,7 +69,7 @@ class MSE(Loss):
 LOSSES = {"cross-entropy": SoftmaxCrossEntropy, "mse": MSE}
 
 
-def get_loss(name, backend):
+def get_loss(name, backend, check_labels=True):
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}")
-    return LOSSES[name](backend)
+    return LOSSES[name](backend, check_labels)

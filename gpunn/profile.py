@@ -718,9 +718,9 @@ def chrome_trace(prof: StepProfile) -> dict:
 
 
 def _write_text(path, text):
-    from gpunn.checkpoint import atomic_write
+    from gpunn.output import write_text
 
-    atomic_write(path, lambda f: f.write(text.encode()))
+    write_text(path, text)
 
 
 # ---------------------------------------------------------------------------- gpunn kernels
@@ -780,7 +780,7 @@ def _peak_options(p):
 
 
 def cmd_profile(args):
-    from gpunn.checkpoint import check_writable
+    from gpunn.output import check_writable
     from gpunn.cli import make_backend, train_config
 
     check_writable(args.json, args.csv, args.trace)
@@ -790,7 +790,7 @@ def cmd_profile(args):
     prof = profile_step(cfg, backend, reps=args.reps, warmup=args.warmup, peaks=peaks)
     print(format_profile(prof, args.sort))
     if args.json:
-        from gpunn.checkpoint import write_json
+        from gpunn.output import write_json
 
         write_json(args.json, prof.as_dict(args.sort))
     if args.csv:
@@ -801,7 +801,7 @@ def cmd_profile(args):
 
 
 def cmd_kernels(args):
-    from gpunn.checkpoint import check_writable, write_json
+    from gpunn.output import check_writable, write_json
     from gpunn.occupancy import ARCHS, normalize_arch
 
     check_writable(args.json)
@@ -816,8 +816,10 @@ def cmd_kernels(args):
 
 
 def register_cli(sub):
-    from gpunn.cli import add_backend_options, add_model_options, nonneg_int, positive_int
+    from gpunn.cli import _number, add_backend_options, add_model_options, nonneg_int, positive_int
     from gpunn.train import TrainConfig
+
+    block_size = _number(int, lambda v: 1 <= v <= 1024, "a block size of 1 to 1024 threads (CUDA's limit)")
 
     p = sub.add_parser("profile", help="time one training step op by op, against the device's roofline",
                        description="Profile one training step of the model (same options as gpunn train) on a "
@@ -838,6 +840,7 @@ def register_cli(sub):
                        description="Compile every kernel to PTX, ask ptxas for its resources on an architecture, "
                                    "and compute the theoretical occupancy at the backend's block size.")
     p.add_argument("--arch", default="sm_90", help="architecture(s), comma-separated: sm_70, sm_75, sm_80, sm_86, sm_89, sm_90 (default: sm_90)")
-    p.add_argument("--block", type=positive_int, metavar="N", help="threads per block for the occupancy (default: the backend's)")
+    p.add_argument("--block", type=block_size, metavar="N",
+                   help="threads per block for the occupancy, at most 1024 (default: the backend's)")
     p.add_argument("--json", metavar="PATH", help="write the rows as JSON")
     p.set_defaults(func=cmd_kernels)

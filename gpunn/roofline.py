@@ -144,12 +144,13 @@ def cpu_peaks(recalibrate: bool = False, cache: Path | None = None) -> Peaks:
         gflops, gbs = calibrate_cpu()
         entry = {"gflops": gflops, "gbs": gbs, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
         table[key] = entry
-        try:
-            from gpunn.checkpoint import write_json
+        from gpunn.errors import GpunnError
+        from gpunn.output import write_json
 
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, table)
-        except OSError:
+        except (OSError, GpunnError):
             pass  # an unwritable cache costs a recalibration next time, nothing more
     return Peaks(float(entry["gflops"]), float(entry["gbs"]), f"{cpu_model()}, {cpu_threads()} threads",
                  f"calibrated {entry['measured']} (float32 GEMM 1024², 64 MiB copy; cached in {path})")

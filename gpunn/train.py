@@ -101,10 +101,14 @@ def build_model(cfg: TrainConfig, in_features: int, num_classes: int, backend):
 
 def evaluate(model, x, y, batch_size=1000):
     """Accuracy (0..1) of ``model`` on device arrays x (N, D), int32 y (N,), in large batches."""
+    from gpunn.backend.base import _check, _check_labels
+
     be = model.backend
+    _check("evaluate", "y", y, shape=(x.shape[0],), dtype=np.int32)
+    _check_labels("evaluate", y, model.out_features, be)  # once here, not per batch (a GPU synchronisation)
     correct = be.zeros((1,), np.int32)
     for start, stop in batch_slices(x.shape[0], batch_size):
-        be.count_correct(model.forward(x[start:stop]), y[start:stop], correct)
+        be._count_correct(model.forward(x[start:stop]), y[start:stop], correct)
     return int(be.to_numpy(correct)[0]) / x.shape[0]
 
 
@@ -183,7 +187,7 @@ class Trainer:
         self.in_features = d.train_x.shape[1]
         self.num_classes = int(d.num_classes)
         self.model = build_model(cfg, self.in_features, self.num_classes, be)
-        self.loss_fn = get_loss(cfg.loss, be)
+        self.loss_fn = get_loss(cfg.loss, be, check_labels=False)  # check_dataset checked them once
         self.optimizer = SGD(self.model.params, self.model.grads, cfg.lr, cfg.momentum,
                              cfg.weight_decay, cfg.nesterov, backend=be)
         annotate_nvtx(self.model, self.optimizer)  # NVTX ranges for Nsight Systems on a GPU; no-op on the CPU
@@ -211,6 +215,7 @@ class Trainer:
         self.first_step_time = None  # time.time() when the run's first step had been queued
         self._stop_requested = False
         self._epoch_progress = (0.0, 0)  # (seconds, samples) of the current epoch before a stop
+        self.last_good = None  # the checkpoint this run last wrote or resumed from: the one a divergence names
 
     # ---------------------------------------------------------------- CUDA graphs
     def _say(self, message):
@@ -269,6 +274,7 @@ class Trainer:
 
     def save(self, path):
         checkpoint.save(path, self.model, self.optimizer, self.meta())
+        self.last_good = path
 
     def restore(self, path):
         meta = checkpoint.restore(path, self.model, self.optimizer)
@@ -287,6 +293,7 @@ class Trainer:
             self._epoch_progress = (float(partial.get("seconds", 0.0)), int(partial.get("seen", 0)))
         except (TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"{path}: its training position is malformed ({exc})") from None
+        self.last_good = path
         return meta
 
     # ---------------------------------------------------------------- the loop
@@ -301,7 +308,7 @@ class Trainer:
     def _check_finite(self, loss_sum, lr):
         if not math.isfinite(loss_sum):
             where = f"epoch {self.epoch + 1}, step {self.step} of {self.steps_per_epoch}"
-            kept = f"; the last good checkpoint is {self.save_path}" if self.save_path else ""
+            kept = f"; the last good checkpoint is {self.last_good}" if self.last_good else ""
             raise TrainingDiverged(f"the loss became {loss_sum} at {where}: the learning rate ({lr:.4g}) is "
                                    f"probably too high, try a smaller --lr{kept}")
 
@@ -402,6 +409,10 @@ class Trainer:
     def _on_sigint(self, signum, frame):
         # finish the step in flight, then stop: the weights are never saved half-updated
         self._stop_requested = True
+
+    def trained_seconds(self):
+        """Seconds of training (evaluation excluded) in the epochs done so far, a stopped one's included."""
+        return sum(h.seconds for h in self.history) + (self._epoch_progress[0] if self.step else 0.0)
 
     def metrics(self, train_seconds):
         return {

@@ -115,8 +115,8 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     from gpunn import checkpoint
     meta = checkpoint.load(ck)[0]
     assert meta["epoch"] >= 1 and meta["step"] > 0          # saved mid-epoch, at the current step
-    r = gpunn("train", "--resume", ck, "--epochs", str(meta["epoch"] + 1), "--backend", "numpy",
-              "--train-samples", "20000", "--test-samples", "200")
+    r = gpunn("train", "--resume", ck, "--save", ck, "--epochs", str(meta["epoch"] + 1), "--backend", "numpy",
+              "--train-samples", "20000", "--test-samples", "200")   # a run saves only where --save says
     assert r.returncode == 0, r.stderr
     assert checkpoint.load(ck)[0]["epoch"] == meta["epoch"] + 1
     r = gpunn("train", "--resume", ck, "--lr", "0.5")
@@ -158,3 +158,336 @@ def test_profiling_commands_refuse_empty_lists_and_unwritable_outputs(args, need
     r = gpunn(*args)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def fake_data(tmp_path):
+    from test_data import fake_mnist, write_mnist
+
+    return write_mnist(tmp_path / "data", fake_mnist(rows=4, cols=3))
+
+
+def outputs_of_every_command(data, ck, out):
+    """Every command line that writes a file, each writing every output it has to ``out``."""
+    fast = ["--backend", "numpy", "--peak-gflops", "1", "--peak-gbs", "1"]
+    return [
+        ["train", "--data-dir", data, "--hidden", "8", "--epochs", "1", "--backend", "numpy",
+         "--save", out, "--metrics-json", out],
+        ["eval", ck, "--data-dir", data, "--backend", "numpy", "--metrics-json", out],
+        ["bench", "softmax", "--sizes", "4x10", "--reps", "1", "--warmup", "0", "--peak-gflops", "1",
+         "--peak-gbs", "1", "--json", out],
+        ["kernels", "--arch", "sm_90", "--json", out],
+        ["profile", *fast, "--hidden", "8", "--batch-size", "8", "--reps", "1", "--warmup", "0",
+         "--json", out, "--csv", out, "--trace", out],
+    ]
+
+
+def test_no_command_replaces_a_device_it_writes_to(tmp_path):
+    """``--save /dev/null`` once replaced the machine's /dev/null with a 0600 regular file."""
+    import stat
+
+    null = tmp_path / "null"
+    try:
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs root (CAP_MKNOD)")
+    before = os.lstat(null)
+    data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
+    assert gpunn("train", "--data-dir", data, "--hidden", "8", "--epochs", "1", "--backend", "numpy",
+                 "--save", ck).returncode == 0
+    for cmd in outputs_of_every_command(data, ck, null):
+        r = gpunn(*cmd)
+        assert r.returncode == 0, (cmd, r.stderr)
+        st = os.lstat(null)
+        assert stat.S_ISCHR(st.st_mode) and (st.st_ino, st.st_mode, st.st_rdev) == \
+            (before.st_ino, before.st_mode, before.st_rdev), cmd
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz", "data", "null"]
+
+
+def test_every_command_writes_through_a_symlink(tmp_path):
+    data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
+    assert gpunn("train", "--data-dir", data, "--hidden", "8", "--epochs", "1", "--backend", "numpy",
+                 "--save", ck).returncode == 0
+    (tmp_path / "real").write_text("")
+    link = tmp_path / "latest"
+    link.symlink_to("real")
+    for cmd in outputs_of_every_command(data, ck, link):
+        (tmp_path / "real").write_text("")
+        r = gpunn(*cmd)
+        assert r.returncode == 0, (cmd, r.stderr)
+        assert link.is_symlink() and os.readlink(link) == "real", cmd
+        assert (tmp_path / "real").stat().st_size > 0, cmd
+
+
+def one_line_error(r, status=2):
+    """The one error line of a failed command (a training run also says what it trains, before)."""
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower() or "warning" in line.lower()]
+    assert r.returncode == status, (r.returncode, r.stdout, r.stderr)
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+    return errors[0]
+
+
+SMALL = ["--hidden", "8", "--batch-size", "4", "--backend", "numpy"]
+
+
+def test_resume_accepts_the_checkpoints_own_options_and_names_a_real_change(tmp_path):
+    data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
+    run = ["--data-dir", data, *SMALL, "--activation", "tanh", "--lr", "0.05", "--no-nesterov", "--epochs", "1"]
+    assert gpunn("train", *run, "--save", ck).returncode == 0
+    r = gpunn("train", *run, "--epochs", "2", "--resume", ck, "--save", ck)   # the same command, --resume added
+    assert r.returncode == 0, r.stderr
+    assert "after 2 epochs" in r.stdout
+    for change, saved, given in [(["--hidden", "8,8"], "--hidden 8", "--hidden 8,8"),
+                                 (["--lr", "0.5"], "--lr 0.05", "--lr 0.5"),
+                                 (["--nesterov"], "--no-nesterov", "--nesterov")]:
+        line = one_line_error(gpunn("train", "--data-dir", data, "--resume", ck, "--backend", "numpy", *change))
+        assert f"{ck}: --resume continues the checkpoint's run, which has {saved}; got {given} " \
+               "(only --epochs may change)" in line, line
+
+
+def test_a_resumed_run_saves_only_where_save_says(tmp_path):
+    data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
+    assert gpunn("train", "--data-dir", data, *SMALL, "--epochs", "1", "--save", ck).returncode == 0
+    before = ck.read_bytes()
+    r = gpunn("train", "--data-dir", data, "--backend", "numpy", "--resume", ck, "--epochs", "3")
+    assert r.returncode == 0 and "after 3 epochs" in r.stdout, r.stderr
+    assert ck.read_bytes() == before                       # the finished run is still there
+    assert f"this run saves no checkpoint ({ck} stays as it is)" in r.stderr
+    r = gpunn("train", "--data-dir", data, "--backend", "numpy", "--resume", ck, "--epochs", "3", "--save", ck)
+    assert r.returncode == 0 and checkpoint_epoch(ck) == 3
+
+
+def checkpoint_epoch(path):
+    from gpunn import checkpoint
+
+    return checkpoint.load(path)[0]["epoch"]
+
+
+INTERRUPT_AT = """
+import os, signal, sys
+import gpunn.optim as optim
+real, calls = optim.SGD.step, [0]
+def step(self, *args, **kwargs):
+    real(self, *args, **kwargs)
+    calls[0] += 1
+    if calls[0] == int(os.environ["INTERRUPT_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C, at a known step
+optim.SGD.step = step
+from gpunn.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_resume_command_printed_after_ctrl_c_works(tmp_path):
+    """A run on its own --data-dir and --train-samples, interrupted: the printed command continues it."""
+    import shlex
+
+    data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
+    env = {k: v for k, v in os.environ.items() if k != "GPUNN_DATA_DIR"}
+    env.update(INTERRUPT_AT_STEP="7", GPUNN_CACHE_DIR=str(tmp_path / "empty-cache"))
+    r = subprocess.run([sys.executable, "-c", INTERRUPT_AT, "train", "--data-dir", str(data), "--train-samples", "20",
+                        "--test-samples", "8", *SMALL, "--epochs", "2", "--save", str(ck)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 130, r.stderr
+    assert "interrupted at epoch 2, step 2" in r.stderr, r.stderr
+    command = r.stderr.split("Resume with: ")[1].strip()
+    words = shlex.split(command)
+    assert words[:2] == ["gpunn", "train"]
+    r = subprocess.run([sys.executable, "-m", "gpunn", *words[1:]], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, (command, r.stderr)
+    assert "after 2 epochs" in r.stdout and checkpoint_epoch(ck) == 2
+
+
+def test_divergence_names_a_checkpoint_only_if_this_run_wrote_it(tmp_path):
+    data, prev = fake_data(tmp_path), tmp_path / "prev.npz"
+    assert gpunn("train", "--data-dir", data, *SMALL, "--epochs", "1", "--save", prev).returncode == 0
+    before = prev.read_bytes()                         # an earlier, unrelated run's checkpoint
+    diverge = ["--data-dir", data, *SMALL, "--epochs", "2", "--lr", "1e30"]
+    line = one_line_error(gpunn("train", *diverge, "--save", prev), status=1)
+    assert "loss became nan at epoch 1" in line and "checkpoint" not in line and "prev.npz" not in line, line
+    assert prev.read_bytes() == before
+
+
+def test_divergence_after_a_save_names_the_checkpoint(tmp_path):
+    """Epoch 1 is saved at a sane rate; resumed with a rate that diverges (written into the
+    checkpoint: --resume allows no other --lr), the run names the checkpoint it resumed from."""
+    data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
+    assert gpunn("train", "--data-dir", data, *SMALL, "--epochs", "1", "--save", ck).returncode == 0
+    from gpunn import checkpoint
+    from gpunn.output import atomic_write
+    import numpy as np
+
+    with np.load(ck) as z:   # the same run, with a learning rate that diverges from here on
+        arrays = dict(z)
+    meta = json.loads(str(arrays["meta"]))
+    meta["train"]["lr"] = 1e30
+    arrays["meta"] = np.array(json.dumps(meta))
+    atomic_write(ck, lambda f: np.savez(f, **arrays))
+    line = one_line_error(gpunn("train", "--data-dir", data, "--backend", "numpy", "--resume", ck, "--epochs", "3"),
+                          status=1)
+    assert "loss became nan at epoch 2" in line and f"the last good checkpoint is {ck}" in line, line
+    assert checkpoint.load(ck)[0]["epoch"] == 1
+
+
+@needs_mnist
+def test_after_a_resume_the_time_figures_add_up(tmp_path):
+    ck = tmp_path / "ck.npz"
+    run = ["--train-samples", "3000", "--test-samples", "500", "--hidden", "32", "--backend", "numpy"]
+    assert gpunn("train", *run, "--epochs", "3", "--save", ck).returncode == 0
+    r = gpunn("train", *run, "--epochs", "4", "--resume", ck, "--save", ck, "--metrics-json", tmp_path / "m.json")
+    assert r.returncode == 0, r.stderr
+    import re
+
+    m = re.search(r"after 4 epochs \(([\d.]+) s training in this run, ([\d.]+) s with evaluation; "
+                  r"([\d.]+) s training over all 4 epochs\)", r.stdout)
+    assert m, r.stdout
+    this_run, wall, total = map(float, m.groups())
+    assert this_run <= wall and this_run <= total
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["train_seconds"] == pytest.approx(sum(e["seconds"] for e in metrics["epochs"]))
+    assert abs(metrics["train_seconds"] - total) <= 0.05 + 1e-9
+
+
+def test_one_epoch_is_singular(tmp_path):
+    r = gpunn("train", "--data-dir", fake_data(tmp_path), *SMALL, "--epochs", "1")
+    assert r.returncode == 0 and "after 1 epoch (" in r.stdout, r.stdout
+
+
+def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
+    """Importing the commands takes a moment; a Ctrl-C then gave a KeyboardInterrupt traceback."""
+    from gpunn import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_extra_commands", interrupted)
+    try:
+        status = cli.main(["train", "--epochs", "1"])
+    except KeyboardInterrupt:
+        pytest.fail("a Ctrl-C during start-up escaped main(): a traceback")
+    assert status == 130
+    assert capsys.readouterr().err == "gpunn: interrupted\n"
+
+
+def test_bench_checks_plot_before_the_sweep(tmp_path):
+    """Without matplotlib, --plot is refused before anything is validated, timed or written."""
+    fake = tmp_path / "site" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'matplotlib'\", name='matplotlib')\n")
+    r = gpunn("bench", "softmax", "--sizes", "4x10", "--reps", "1", "--warmup", "0", "--peak-gflops", "1",
+              "--peak-gbs", "1", "--json", tmp_path / "b.json", "--plot", tmp_path / "b.png",
+              env={"PYTHONPATH": str(tmp_path / "site")})
+    assert 'needs matplotlib: pip install "gpunn[plot]"' in one_line_error(r)
+    assert r.stdout == "" and not (tmp_path / "b.json").exists()
+
+
+def test_a_bad_backend_in_the_environment_is_refused_by_bench():
+    r = gpunn("bench", "softmax", "--sizes", "4x10", "--reps", "1", env={"GPUNN_BACKEND": "bogus"})
+    line = one_line_error(r)
+    assert "unknown backend 'bogus' (from GPUNN_BACKEND); expected one of auto, numpy, cuda" in line, line
+
+
+@pytest.mark.parametrize("backend_args", [["--backend", "numpy"], []])
+def test_gemm_on_the_numpy_backend_is_refused(tmp_path, backend_args):
+    r = gpunn("train", "--data-dir", fake_data(tmp_path), "--hidden", "8", "--epochs", "1", "--gemm", "numba",
+              *backend_args)
+    line = one_line_error(r)
+    assert "--gemm numba chooses the cuda backend's GEMM, but this run uses the numpy backend" in line, line
+
+
+def test_messages_say_what_is_wrong(tmp_path):
+    a_file = tmp_path / "passwd"
+    a_file.write_text("root:x:0:0\n")
+    line = one_line_error(gpunn("train", "--data-dir", a_file, "--backend", "numpy"))
+    assert f"{a_file} is a file, not a folder" in line, line
+    line = one_line_error(gpunn("eval", tmp_path, "--backend", "numpy"))
+    assert f"{tmp_path} is a folder, not a checkpoint file" in line, line
+    (tmp_path / "random.npz").write_bytes(os.urandom(200))
+    line = one_line_error(gpunn("eval", tmp_path / "random.npz", "--backend", "numpy"))
+    assert "not a gpunn checkpoint (not an .npz archive)" in line and "pickle" not in line, line
+    line = one_line_error(gpunn("kernels", "--block", "5000"))
+    assert "expected a block size of 1 to 1024 threads (CUDA's limit), got '5000'" in line, line
+
+
+def test_errors_about_a_checkpoints_contents_name_the_file(tmp_path):
+    import numpy as np
+
+    from gpunn.output import atomic_write
+
+    data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
+    assert gpunn("train", "--data-dir", data, *SMALL, "--epochs", "1", "--save", ck).returncode == 0
+    with np.load(ck) as z:
+        arrays = dict(z)
+    meta = json.loads(str(arrays["meta"]))
+    for name, edit, cmd in [
+        ("options.npz", lambda m: m["train"].update(lr=-1), "train"),
+        ("unknown.npz", lambda m: m["train"].update(dropout=0.5), "train"),
+        ("model.npz", lambda m: m["model"][0].pop("out"), "eval"),
+    ]:
+        bad = json.loads(json.dumps(meta))
+        edit(bad)
+        path = tmp_path / name
+        atomic_write(path, lambda f: np.savez(f, **{**arrays, "meta": np.array(json.dumps(bad))}))
+        args = ["--resume", path, "--epochs", "2"] if cmd == "train" else [path]
+        line = one_line_error(gpunn(cmd, *args, "--data-dir", data, "--backend", "numpy"))
+        assert f"{path}: " in line, line
+
+
+def test_a_full_disk_names_the_file_and_exits_1(tmp_path):
+    import stat
+
+    full = tmp_path / "full"
+    try:
+        os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))   # /dev/full's numbers
+    except PermissionError:
+        pytest.skip("making a device node needs root (CAP_MKNOD)")
+    r = gpunn("train", "--data-dir", fake_data(tmp_path), *SMALL, "--epochs", "1", "--metrics-json", full)
+    assert f"cannot write {full}: No space left on device" in one_line_error(r, status=1)
+
+
+def test_the_simulator_without_numba_suggests_the_sim_extra():
+    script = ("import sys\nsys.modules['numba'] = None\nfrom gpunn.cli import main\n"
+              "sys.exit(main(['train', '--backend', 'cuda']))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    line = one_line_error(r)
+    assert 'pip install "gpunn[sim]"' in line and "cuda12" not in line, line
+
+
+def test_auto_says_why_in_one_level_of_parentheses():
+    script = ("import sys\nsys.modules['cupy'] = None\nfrom gpunn.backend import get_backend\nget_backend('auto')\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       env={**os.environ, "NUMBA_ENABLE_CUDASIM": "0"})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("gpunn: using the numpy backend (") and "((" not in r.stderr \
+        and "(cupy)" not in r.stderr, r.stderr
+
+
+def test_eval_needs_only_the_test_files(tmp_path):
+    data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
+    assert gpunn("train", "--data-dir", data, *SMALL, "--epochs", "1", "--save", ck).returncode == 0
+    for f in data.glob("train-*"):
+        f.unlink()
+    r = gpunn("eval", ck, "--data-dir", data, "--backend", "numpy")
+    assert r.returncode == 0 and "test accuracy" in r.stdout and "(12 images" in r.stdout, r.stderr
+
+
+THREADS_SEEN = """
+import sys
+from threadpoolctl import threadpool_info
+from gpunn import cli
+from gpunn.train import Trainer
+def fit(self):
+    print(sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}))
+    return []
+Trainer.fit = fit
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_threads_limits_blas_for_the_run(tmp_path):
+    args = ["train", "--data-dir", str(fake_data(tmp_path)), *SMALL, "--epochs", "1"]
+    r = subprocess.run([sys.executable, "-c", THREADS_SEEN, *args, "--threads", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "[1]", r.stdout
+    assert "positive integer" in one_line_error(gpunn(*args, "--threads", "0"))

@@ -511,3 +511,33 @@ def test_real_mnist(real_mnist):
     assert ds.train_x.min() == 0.0 and ds.train_x.max() == 1.0
     assert np.bincount(ds.train_y, minlength=10).tolist() == REAL_TRAIN_COUNTS
     assert np.bincount(ds.test_y, minlength=10).tolist() == REAL_TEST_COUNTS
+
+
+def test_the_tests_find_mnist_in_gpunns_own_cache(tmp_path, monkeypatch):
+    """A user who ran the quick start has MNIST in the cache: the MNIST tests use it."""
+    import mnist_data
+
+    cache = tmp_path / "xdg" / "gpunn" / "mnist"
+    write_mnist(cache, fake_mnist())
+    monkeypatch.delenv("GPUNN_DATA_DIR", raising=False)
+    monkeypatch.delenv("GPUNN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(mnist_data, "SHARED", tmp_path / "no-shared-folder")
+    assert mnist_data.mnist_dir() == cache and mnist_data.has_mnist()
+
+
+def test_only_the_test_split_is_read_for_evaluation(tmp_path, monkeypatch):
+    files = fake_mnist(n_test=12, rows=4, cols=3)
+    folder = write_mnist(tmp_path / "d", files)
+    for f in folder.glob("train-*"):
+        f.unlink()
+    d = load_mnist(folder, train=False)
+    assert d.test_x.shape == (12, 12) and d.train_x.shape == (0, 12) and d.train_y.shape == (0,)
+    with pytest.raises(DataError, match="lacks train-images-idx3-ubyte.gz"):
+        load_mnist(folder)
+    # the cache, offline: only the test files are looked for
+    monkeypatch.setattr(data, "MNIST_FILES", digests(files))
+    d = load_mnist(cache_dir=folder, download=False, train=False)
+    assert d.test_x.shape == (12, 12) and d.name == "mnist"
+    with pytest.raises(DataError, match="missing train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz"):
+        load_mnist(cache_dir=folder, download=False)

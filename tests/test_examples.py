@@ -9,7 +9,6 @@ import pytest
 from mnist_data import mnist_dir, needs_mnist
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-pytestmark = [pytest.mark.slow, needs_mnist]
 
 
 def run_example(name, tmp_path, *args):
@@ -20,6 +19,8 @@ def run_example(name, tmp_path, *args):
     return json.loads(metrics.read_text())
 
 
+@pytest.mark.slow
+@needs_mnist
 def test_seed_network_reaches_95_percent(tmp_path):
     """The primer's 784-16-16-10 sigmoid/MSE network, batches of 100, its full 30 epochs."""
     m = run_example("seed_network.py", tmp_path)
@@ -27,6 +28,17 @@ def test_seed_network_reaches_95_percent(tmp_path):
     assert len(m["epochs"]) == 30 and m["config"]["batch_size"] == 100
 
 
+@pytest.mark.slow
+@needs_mnist
 def test_api_example_trains(tmp_path):
     m = run_example("train_mnist.py", tmp_path, "--epochs", "1")
     assert m["test_accuracy"] > 0.9 and m["backend"] == "numpy"
+
+
+@pytest.mark.parametrize("name", ["seed_network.py", "train_mnist.py"])
+def test_examples_report_bad_input_in_one_line(tmp_path, name):
+    """Examples are programs users run: no data is the CLI's one line and exit status 2, no traceback."""
+    r = subprocess.run([sys.executable, str(EXAMPLES / name), "--data-dir", str(tmp_path / "none"), "--backend", "numpy"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == f"{name}: error: {tmp_path / 'none'}: no such folder\n"

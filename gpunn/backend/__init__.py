@@ -8,6 +8,7 @@ once which it chose and why.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -15,7 +16,8 @@ from gpunn.backend.base import Backend
 from gpunn.backend.numpy_backend import NumpyBackend
 from gpunn.errors import BackendUnavailable
 
-__all__ = ["Backend", "NumpyBackend", "get_backend", "register_backend", "backend_names"]
+__all__ = ["Backend", "NumpyBackend", "auto_choice", "backend_names", "check_backend_name", "get_backend",
+           "register_backend"]
 
 
 def _make_numpy(**options):
@@ -32,12 +34,20 @@ def _make_numpy(**options):
     return NumpyBackend()  # the pure reference
 
 
+def _simulator_requested() -> bool:
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
 def _make_cuda(**options):
     try:
         from gpunn.backend.cuda_backend import CudaBackend
     except ImportError as exc:  # numba or cupy missing
+        missing = exc.name or exc
+        if _simulator_requested():  # NUMBA_ENABLE_CUDASIM=1: the simulator needs Numba, not a GPU's packages
+            raise BackendUnavailable(f"the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) needs Numba, and {missing} "
+                                     'is missing; install it with: pip install "gpunn[sim]"') from None
         raise BackendUnavailable(
-            f"the cuda backend needs the GPU packages ({exc.name or exc}); "
+            f"the cuda backend needs the GPU packages, and {missing} is missing; "
             'install them with: pip install "gpunn[cuda12]"'
         ) from None
     return CudaBackend(**options)
@@ -56,12 +66,23 @@ def backend_names():
     return ["auto", *_REGISTRY]
 
 
-def _auto(**options):
-    """cuda when CuPy imports and a GPU is present, else numpy; the reason in words."""
+def check_backend_name(name: str | None) -> str:
+    """``name``, else $GPUNN_BACKEND, else "auto"; BackendUnavailable when it names no backend."""
+    name = name or os.environ.get("GPUNN_BACKEND") or "auto"
+    if name != "auto" and name not in _REGISTRY:
+        where = "" if name != os.environ.get("GPUNN_BACKEND") else " (from GPUNN_BACKEND)"
+        raise BackendUnavailable(f"unknown backend {name!r}{where}; expected one of {', '.join(backend_names())}")
+    return name
+
+
+def auto_choice():
+    """What "auto" picks here, and why in words: cuda when CuPy imports and a GPU is present, else numpy."""
     try:
-        from gpunn.backend.cuda_backend import cuda_unavailable_reason
+        from gpunn.backend.cuda_backend import cuda_unavailable_reason, simulator_enabled
     except ImportError as exc:
-        return "numpy", f"the GPU packages are not installed ({exc.name or exc})"
+        return "numpy", f"{exc.name or 'a GPU package'} is not installed"
+    if not simulator_enabled() and importlib.util.find_spec("cupy") is None:
+        return "numpy", 'CuPy is not installed; for a GPU: pip install "gpunn[cuda12]"'
     reason = cuda_unavailable_reason()
     if reason is None:
         return "cuda", "a CUDA GPU is present"
@@ -72,15 +93,12 @@ def get_backend(name: str | None = None, quiet: bool = False, **options) -> Back
     """The backend called ``name`` ("auto", "numpy", "cuda"; default: $GPUNN_BACKEND or auto)."""
     if isinstance(name, Backend):
         return name
-    name = name or os.environ.get("GPUNN_BACKEND") or "auto"
+    name = check_backend_name(name)
     if name == "auto":
-        name, why = _auto()
+        name, why = auto_choice()
         if not quiet and why not in _announced:
             _announced.add(why)
             print(f"gpunn: using the {name} backend ({why})", file=sys.stderr)
         if name == "numpy":
             options = {}
-    factory = _REGISTRY.get(name)
-    if factory is None:
-        raise BackendUnavailable(f"unknown backend {name!r}; expected one of {', '.join(backend_names())}")
-    return factory(**options)
+    return _REGISTRY[name](**options)

@@ -2,8 +2,9 @@
 
 A backend owns device memory (``asarray``, ``empty``, ``to_numpy``) and implements
 the fixed op set of :mod:`gpunn.backend.ops`.  Each public op method here checks its
-arguments once (shapes, dtypes, contiguity: the cheap checks that turn a silent
-out-of-bounds read into a clear error) and then calls the backend's ``_op`` method.
+arguments once (shapes, dtypes, contiguity, and the range of labels: the checks that
+turn a silent out-of-bounds read into a clear error) and then calls the backend's
+``_op`` method.
 Backends override only the ``_op`` methods; the NumPy backend's versions are the
 readable definition of what each op means.
 """
@@ -32,6 +33,21 @@ def _check(op, name, a, shape=None, dtype=float32, ndim=None):
         raise ShapeError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
     if not a.flags.c_contiguous:
         raise ShapeError(f"{op}: {name} must be C-contiguous")
+
+
+def _check_labels(op, labels, classes, backend):
+    """Raise ShapeError naming the op, the first label outside ``0..classes-1`` and its index.
+
+    A label out of range is an out-of-bounds read in every kernel that takes labels (a wrong
+    loss, or a crash), so the checked public ops read the labels to the host and look: on
+    a GPU that is a synchronisation.  Callers whose labels were validated once on the host
+    (the trainer's steps) call the unchecked ``_op`` methods instead."""
+    host = backend.to_numpy(labels)
+    if host.size == 0 or (int(host.min()) >= 0 and int(host.max()) < classes):
+        return
+    i = int(np.flatnonzero((host < 0) | (host >= classes))[0])
+    raise ShapeError(f"{op}: label {int(host[i])} at index {i} is outside 0..{classes - 1} "
+                     f"(the scores have {classes} classes)")
 
 
 def _check_act(op, act):
@@ -151,6 +167,7 @@ class Backend(abc.ABC):
         _check("softmax_cross_entropy", "labels", labels, shape=(logits.shape[0],), dtype=int32)
         _check("softmax_cross_entropy", "grad", grad, shape=logits.shape, dtype=self.dtype)
         _check("softmax_cross_entropy", "loss", loss, shape=(1,), dtype=self.dtype)
+        _check_labels("softmax_cross_entropy", labels, logits.shape[1], self)
         self._softmax_cross_entropy(logits, labels, grad, loss, accumulate)
 
     def mse(self, y, labels, grad, loss, accumulate=False):
@@ -162,6 +179,7 @@ class Backend(abc.ABC):
         _check("mse", "labels", labels, shape=(y.shape[0],), dtype=int32)
         _check("mse", "grad", grad, shape=y.shape, dtype=self.dtype)
         _check("mse", "loss", loss, shape=(1,), dtype=self.dtype)
+        _check_labels("mse", labels, y.shape[1], self)
         self._mse(y, labels, grad, loss, accumulate)
 
     def sgd_update(self, param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
@@ -190,6 +208,7 @@ class Backend(abc.ABC):
         _check("count_correct", "scores", scores, ndim=2, dtype=self.dtype)
         _check("count_correct", "labels", labels, shape=(scores.shape[0],), dtype=int32)
         _check("count_correct", "out", out, shape=(1,), dtype=int32)
+        _check_labels("count_correct", labels, scores.shape[1], self)
         self._count_correct(scores, labels, out)
 
     def gather_batch(self, x, labels, order, cursor, xb, yb):

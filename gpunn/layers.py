@@ -134,10 +134,11 @@ class Dense(Layer):
         self._check_grad(dy, self.out_features)
         be, n = self.backend, dy.shape[0]
         dz = dy
-        if self.activation != "identity":                            # dz = dy * act'(z)
+        if self.activation != "identity":                            # dz = dy * act'(z); db = Σ_rows dz
             dz = self._buffer("dz", n, self.out_features)
-            be._act_backward(self._y, dy, self.activation, dz)
-        be._bias_grad(dz, self.db)                                   # db = Σ_rows dz
+            be._act_bias_backward(self._y, dy, self.activation, dz, self.db)
+        else:
+            be._bias_grad(dz, self.db)                               # db = Σ_rows dz
         be._gemm(self._x, dz, self.dW, True, False, False)           # dW = xᵀ dz
         if not self.needs_input_grad:
             return None

@@ -80,6 +80,7 @@ COST_OF_CALL = {
         ops.bias_act_cost(*x.shape, act, bias is not None), act if bias is not None else f"{act}, no bias"),
     "act_backward": lambda y, dy, act, out: (ops.act_backward_cost(*y.shape, act), act),
     "bias_grad": lambda dy, out: (ops.bias_grad_cost(*dy.shape), ""),
+    "act_bias_backward": lambda y, dy, act, dz, db: (ops.act_bias_backward_cost(*y.shape, act), act),
     "softmax": lambda x, out: (ops.softmax_cost(*x.shape), ""),
     "softmax_backward": lambda y, dy, out: (ops.softmax_backward_cost(*y.shape), ""),
     "softmax_cross_entropy": lambda logits, labels, grad, loss, accumulate=False: (

@@ -11,8 +11,8 @@ cursor (position in that order, step in the epoch) from which the device reads e
 step's batch and rate.  A
 step is therefore ``gather_batch → train_step → advance_step`` with no number passed
 from the host, and on a GPU the trainer captures it once as a CUDA graph and replays
-it for every full batch: one host call per step instead of ~25 kernel launches.  The
-partial last batch of an epoch runs eagerly.  ``Trainer(graphs=False)``,
+it: one host call per step instead of ~25 kernel launches.  A partial last batch gets
+a graph of its own.  ``Trainer(graphs=False)``,
 ``gpunn train --no-graphs`` or ``GPUNN_GRAPHS=0`` turn graphs off; the numpy backend
 and the CUDA simulator have none; a capture that fails falls back to eager steps with
 one line saying why.
@@ -210,7 +210,7 @@ class Trainer:
         self._cursor = be.zeros((2,), np.int32)
         self._lr_table = be.empty((self.steps_per_epoch + 1,))  # this epoch's rates (+1: after its last step)
         self._lr = be.empty((1,))
-        self._graph = None
+        self._graphs = {}  # batch rows -> the captured step (the full batch, and the last if partial)
         self.graphs_on, self.graphs_note = self._graph_setting()
         self.first_step_time = None  # time.time() when the run's first step had been queued
         self._stop_requested = False
@@ -246,10 +246,10 @@ class Trainer:
         self.train_step(xb, yb, self._lr)
         be._advance_step(self._cursor, m, self._lr_table, self._lr)
 
-    def _capture(self):
-        """Capture a full-batch step as a CUDA graph (after one eager step: compiled, allocated)."""
+    def _capture(self, m):
+        """Capture the step of ``m`` rows as a CUDA graph (after one eager step: compiled, allocated)."""
         try:
-            self._graph = self.backend.capture(lambda: self._step(self._bs))
+            self._graphs[m] = self.backend.capture(lambda: self._step(m))
         except Exception as exc:  # no graphs here, or a driver or cuBLAS refusal: train on, eagerly
             self.graphs_on = False
             first = str(exc).splitlines()[0] if str(exc) else ""
@@ -343,12 +343,13 @@ class Trainer:
                 for start, stop in slices[self.step:]:
                     m = stop - start
                     lr = self.schedule(self.epoch * self.steps_per_epoch + self.step)
-                    if self._graph is not None and m == self._bs:
-                        self._graph()  # the captured step: one host call
+                    graph = self._graphs.get(m)
+                    if graph is not None:
+                        graph()  # the captured step: one host call
                     else:
                         self._step(m)
-                        if self.graphs_on and self._graph is None and m == self._bs:
-                            self._capture()
+                        if self.graphs_on:
+                            self._capture(m)
                     if self.first_step_time is None:
                         self.first_step_time = time.time()
                     self.step += 1
@@ -419,7 +420,7 @@ class Trainer:
             "test_accuracy": self.history[-1].test_accuracy if self.history else None,
             "backend": self.backend.name,
             "device": self.backend.describe(),
-            "cuda_graphs": self.graphs_on and self._graph is not None,
+            "cuda_graphs": bool(self._graphs),
             "cuda_graphs_note": self.graphs_note,
             "first_step_unix_time": self.first_step_time,
             "train_seconds": train_seconds,

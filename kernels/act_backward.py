@@ -16,18 +16,23 @@ cost = ops.act_backward_cost
 """FLOPs and bytes of one call (the op set's formula)."""
 
 
+@cuda.jit(device=True)
+def act_grad(g, y, act):
+    """``g * act'`` written with the activation's output ``y`` (float32s)."""
+    if act == RELU:
+        return g if y > F0 else F0
+    if act == SIGMOID:
+        return g * ((ONE - y) * y)
+    if act == TANH:
+        return g * (ONE - y * y)
+    return g
+
+
 @jit
 def act_backward_kernel(y, dy, out, act):
     """``out[i] = dy[i] * act'`` from ``y[i]``, over flat (N*D,) arrays."""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
-        g = dy[i]
-        if act == RELU:
-            g = g if y[i] > F0 else F0
-        elif act == SIGMOID:
-            g = g * ((ONE - y[i]) * y[i])
-        elif act == TANH:
-            g = g * (ONE - y[i] * y[i])
-        out[i] = g
+        out[i] = act_grad(dy[i], y[i], act)
 
 
 def launch_config(n: int, d: int, threads: int = ELEMENTWISE_THREADS, max_blocks: int | None = None):

@@ -1,4 +1,5 @@
-"""Bias gradient: ``out (D,) = dy (N,D) summed over rows``, a deterministic column reduction.
+"""Bias gradient: ``out (D,) = dy (N,D) summed over rows``, a deterministic column reduction,
+alone or with the activation's backward fused into its first stage (``act_bias_backward``).
 
 Stage 1 (``bias_grad_partial_kernel``): a (32, 8) block owns 32 adjacent columns
 (a warp reads 32 consecutive floats of a row: coalesced) and one chunk of rows;
@@ -13,9 +14,10 @@ stage 2 is skipped.  No atomics anywhere: the order of additions depends only on
 """
 from __future__ import annotations
 
-from numba import cuda, float32, int64, void
+from numba import cuda, float32, int32, int64, void
 
 from gpunn.backend import ops
+from gpunn.kernels.act_backward import act_grad
 from gpunn.kernels.launch import (
     ELEMENTWISE_THREADS,
     F0,
@@ -34,6 +36,7 @@ PARTIAL_BUDGET = 1 << 22  # most floats the stage-1 partial sums may take (16 Mi
 
 cost = ops.bias_grad_cost
 """FLOPs and bytes of one call (the op set's formula; the partial sums are extra traffic)."""
+act_cost = ops.act_bias_backward_cost
 
 
 @jit
@@ -52,6 +55,39 @@ def bias_grad_partial_kernel(dy, partial, rows_per_chunk):
         if col < d:
             for r in range(start + ty, stop, ROW_LANES):
                 acc += dy[r, col]
+        sh[ty, tx] = acc
+        cuda.syncthreads()
+        s = ROW_LANES // 2
+        while s > 0:
+            if ty < s:
+                sh[ty, tx] += sh[ty + s, tx]
+            cuda.syncthreads()
+            s //= 2
+        if ty == 0 and col < d:
+            partial[chunk, col] = sh[0, tx]
+        cuda.syncthreads()  # sh is reused by the next tile
+
+
+@jit
+def act_bias_grad_partial_kernel(y, dy, act, dz, partial, rows_per_chunk):
+    """Stage 1 with the activation's backward fused in: ``dz[r, col] = dy[r, col] * act'(y[r, col])``
+    (written), and ``partial[chunk, col]`` its sum over the chunk's rows, in the same order as
+    ``bias_grad_partial_kernel``.  One pass over dz instead of a write and a re-read."""
+    sh = cuda.shared.array((ROW_LANES, TILE_COLS), float32)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    n, d = dy.shape
+    chunk = cuda.blockIdx.y
+    start = chunk * rows_per_chunk
+    stop = min(start + rows_per_chunk, n)
+    for tile in range(cuda.blockIdx.x, (d + TILE_COLS - 1) // TILE_COLS, cuda.gridDim.x):
+        col = tile * TILE_COLS + tx
+        acc = F0
+        if col < d:
+            for r in range(start + ty, stop, ROW_LANES):
+                g = act_grad(dy[r, col], y[r, col], act)
+                dz[r, col] = g
+                acc += g
         sh[ty, tx] = acc
         cuda.syncthreads()
         s = ROW_LANES // 2
@@ -95,10 +131,13 @@ def launch_config(n: int, d: int, max_blocks: int | None = None):
 
 SIGNATURES_PARTIAL = [void(float32[:, ::1], float32[:, ::1], int64)]
 SIGNATURES_SUM = [void(float32[:, ::1], float32[::1])]
+SIGNATURES_ACT_PARTIAL = [void(float32[:, ::1], float32[:, ::1], int32, float32[:, ::1], float32[:, ::1], int64)]
 
 KERNELS = (
     KernelSpec("bias_grad_partial", bias_grad_partial_kernel, tuple(SIGNATURES_PARTIAL),
                TILE_COLS * ROW_LANES, 4 * TILE_COLS * ROW_LANES, "bias_grad"),
     KernelSpec("bias_grad_sum", bias_grad_sum_kernel, tuple(SIGNATURES_SUM), ELEMENTWISE_THREADS, 0,
-               "bias_grad"),
+               "bias_grad, act_bias_backward"),
+    KernelSpec("act_bias_grad_partial", act_bias_grad_partial_kernel, tuple(SIGNATURES_ACT_PARTIAL),
+               TILE_COLS * ROW_LANES, 4 * TILE_COLS * ROW_LANES, "act_bias_backward"),
 )

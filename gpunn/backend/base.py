@@ -144,6 +144,18 @@ class Backend(abc.ABC):
         _check("bias_grad", "out", out, shape=(dy.shape[1],), dtype=self.dtype)
         self._bias_grad(dy, out)
 
+    def act_bias_backward(self, y, dy, act, dz, db):
+        """A dense layer's backward through its activation and bias, fused:
+        ``dz = dy * act'(·)`` (as ``act_backward``) and ``db = dz`` summed over rows (as ``bias_grad``).
+
+        y, dy, dz (N,D); db (D,); dz may be dy.  One pass over the data instead of two."""
+        _check_act("act_bias_backward", act)
+        _check("act_bias_backward", "y", y, ndim=2, dtype=self.dtype)
+        _check("act_bias_backward", "dy", dy, shape=y.shape, dtype=self.dtype)
+        _check("act_bias_backward", "dz", dz, shape=y.shape, dtype=self.dtype)
+        _check("act_bias_backward", "db", db, shape=(y.shape[1],), dtype=self.dtype)
+        self._act_bias_backward(y, dy, act, dz, db)
+
     def softmax(self, x, out):
         """Row-wise ``out = exp(x - max) / sum(exp(x - max))``, (N,C); out may be x."""
         _check("softmax", "x", x, ndim=2, dtype=self.dtype)
@@ -268,6 +280,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _bias_grad(self, dy, out): ...
+
+    @abc.abstractmethod
+    def _act_bias_backward(self, y, dy, act, dz, db): ...
 
     @abc.abstractmethod
     def _softmax(self, x, out): ...

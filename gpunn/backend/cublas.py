@@ -18,7 +18,7 @@ SGEMM written with NumPy).
 """
 from __future__ import annotations
 
-import weakref
+import functools
 
 import numpy as np
 
@@ -27,6 +27,7 @@ OP_N, OP_T = 0, 1  # cublasOperation_t
 WORKSPACE_BYTES = 32 * 1024 * 1024
 
 
+@functools.lru_cache(maxsize=1024)
 def sgemm_arguments(a_shape, b_shape, trans_a, trans_b):
     """cuBLAS's ``(transa, transb, m, n, k, lda, ldb, ldc)`` for row-major ``out = op(a) @ op(b)``,
     with cuBLAS's A being gpunn's ``b`` and its B gpunn's ``a``.
@@ -38,15 +39,30 @@ def sgemm_arguments(a_shape, b_shape, trans_a, trans_b):
             max(1, b_shape[1]), max(1, a_shape[1]), max(1, n))
 
 
+_handles = {}  # device id -> Cublas
+
+
+def shared(cupy) -> "Cublas":
+    """The process's cuBLAS handle for the current device, created on first use and never destroyed.
+
+    One per device, not one per backend: ``cublasDestroy`` synchronises the whole device
+    (cuBLAS's documentation says so), so a backend collected as garbage in the middle of
+    training would stall the host until the GPU drained.  gpunn queues from one thread."""
+    device = cupy.cuda.Device().id
+    handle = _handles.get(device)
+    if handle is None:
+        handle = _handles[device] = Cublas(cupy)
+    return handle
+
+
 class Cublas:
-    """A cuBLAS handle of the backend's own, with its workspace, bound to a stream at a time."""
+    """A cuBLAS handle of gpunn's own, with its workspace, bound to a stream at a time (see :func:`shared`)."""
 
     def __init__(self, cupy):
         from nvmath.bindings import cublas
 
         self._cublas = cublas
-        self.handle = cublas.create()
-        weakref.finalize(self, cublas.destroy, self.handle)
+        self.handle = cublas.create()  # lives as long as the process (see shared())
         self._workspace = cupy.empty(WORKSPACE_BYTES, dtype=np.uint8)
         self._stream = None
         # alpha = 1; beta = 0 (overwrite) or 1 (accumulate): host scalars, alive as long as the handle
@@ -64,6 +80,6 @@ class Cublas:
     def gemm(self, stream, a, b, out, trans_a, trans_b, accumulate) -> None:
         """``out = op(a) @ op(b)`` (``+ out`` with accumulate), float32, C-contiguous, on ``stream``."""
         self.use_stream(stream)
-        transa, transb, m, n, k, lda, ldb, ldc = sgemm_arguments(a.shape, b.shape, trans_a, trans_b)
+        transa, transb, m, n, k, lda, ldb, ldc = sgemm_arguments(a.shape, b.shape, bool(trans_a), bool(trans_b))
         self._cublas.sgemm(self.handle, transa, transb, m, n, k, self._alpha, b.data.ptr, lda, a.data.ptr, ldb,
                            self._beta[bool(accumulate)], out.data.ptr, ldc)

@@ -54,6 +54,9 @@ from gpunn.kernels import (
 )
 from gpunn.kernels.launch import ELEMENTWISE_THREADS, ROW_THREADS, check_pow2_threads
 
+#: bound op calls kept before the cache starts afresh (a loop over fresh arrays would grow it)
+MAX_BOUND = 4096
+
 GEMM_IMPLEMENTATIONS = ("cublas", "numba")
 
 f32, i32, i64 = np.float32, np.int32, np.int64
@@ -127,6 +130,7 @@ class CudaBackend(Backend):
         self.simulated = simulator_enabled()
         self.launch_hooks: list[Callable] = []
         self._ws = {}
+        self._bound = {}  # op call -> its bound launches (see _queue)
         if self.simulated:
             self.xp = np
             self._to_host = np.asarray
@@ -145,7 +149,7 @@ class CudaBackend(Backend):
     def _init_gpu(self):
         import cupy
 
-        from gpunn.backend.cublas import Cublas
+        from gpunn.backend import cublas
         from gpunn.backend.cuda_launch import Launcher
 
         try:
@@ -161,7 +165,7 @@ class CudaBackend(Backend):
         self._launcher = Launcher(spec for name in FAMILIES  # each family's KERNELS declare their signatures
                                   for spec in importlib.import_module(f"gpunn.kernels.{name}").KERNELS)
         try:
-            self._cublas = Cublas(cupy)
+            self._cublas = cublas.shared(cupy)
         except ImportError as exc:
             raise BackendUnavailable(f"the cuda backend's GEMM needs nvmath-python ({exc.name or exc}); "
                                      'install the GPU packages with: pip install "gpunn[cuda12]" (or "gpunn[cuda13]")') from None
@@ -252,81 +256,131 @@ class CudaBackend(Backend):
             run = functools.partial(hook, launch, run)
         run()
 
+    def _queue(self, key, arrays, plan):
+        """Queue the kernels of one op call; ``plan()`` lists them as ``(name, kernel, grid, block, args)``.
+
+        On a GPU, with no launch hooks, the launches are bound once for ``key`` (the op and
+        its other arguments) and the arrays' addresses and shapes, which fix every launch
+        parameter, and replayed from then on: an eager op costs one dictionary lookup and one
+        ``cuLaunchKernel`` per kernel, not the launch arithmetic, views and flattening again.
+        The simulator and the hooks (a profiler) go through :meth:`_launch` every time."""
+        if self.simulated or self.launch_hooks:
+            for name, kernel, grid, block, args in plan():
+                self._launch(name, kernel, grid, block, *args)
+            return
+        key = (key, *[(a.data.ptr, a.shape) if a is not None else None for a in arrays])
+        bound = self._bound.get(key)
+        if bound is None:
+            if len(self._bound) >= MAX_BOUND:
+                self._bound.clear()
+            bound = self._bound[key] = tuple(self._launcher.bind(*launch) for launch in plan())
+        stream = self._current_stream()
+        for launch in bound:
+            launch(stream)
+
     def _finish_loss(self, row_loss, loss, divisor, accumulate):
-        """``loss[0] (+)= sum(row_loss) / divisor`` in one block, deterministically."""
+        """The launch of ``loss[0] (+)= sum(row_loss) / divisor``, in one block, deterministically."""
         grid, block = reduce.finish_config(self.threads)
-        self._launch("finish_loss", reduce.finish_loss_kernel, grid, block, row_loss, loss, f32(divisor),
-                     i32(accumulate))
+        return "finish_loss", reduce.finish_loss_kernel, grid, block, (row_loss, loss, f32(divisor), i32(accumulate))
+
+    def _bias_grad_launches(self, first, dz, out):
+        """Stage 1 (``first``: the kernel name, kernel and leading arguments) and, with more than one
+        chunk of rows, stage 2 of a column sum of ``dz`` (N,D) into ``out`` (D,)."""
+        n, d = dz.shape
+        stage1, stage2, (chunks, rows_per_chunk) = bias_grad.launch_config(n, d, self.max_blocks)
+        partial = out.reshape(1, d) if chunks == 1 else self._workspace("bias_grad", (chunks, d))
+        name, kernel, args = first
+        launches = [(name, kernel, *stage1, (*args, partial, i64(rows_per_chunk)))]
+        if stage2 is not None:
+            launches.append(("bias_grad_sum", bias_grad.bias_grad_sum_kernel, *stage2, (partial, out)))
+        return launches
 
     # ------------------------------------------------------------------ ops
     def _gemm(self, a, b, out, trans_a, trans_b, accumulate):
         if self.gemm_impl == "cublas":
             self._blas_gemm(a, b, out, trans_a, trans_b, accumulate)
             return
-        grid, block = gemm.launch_config(out.shape[0], out.shape[1], self.max_blocks)
-        self._launch("gemm", gemm.gemm_kernel, grid, block, a, b, out, i32(trans_a), i32(trans_b), i32(accumulate))
+        self._queue(("gemm", trans_a, trans_b, accumulate), (a, b, out), lambda: [(
+            "gemm", gemm.gemm_kernel, *gemm.launch_config(out.shape[0], out.shape[1], self.max_blocks),
+            (a, b, out, i32(trans_a), i32(trans_b), i32(accumulate)))])
 
     def _bias_act(self, x, bias, act, out):
-        grid, block = bias_act.launch_config(*x.shape, self.elementwise_threads, self.max_blocks)
-        self._launch("bias_act", bias_act.bias_act_kernel, grid, block, x.reshape(-1),
-                     self._dummy if bias is None else bias, out.reshape(-1), i32(bias_act.ACT_CODES[act]),
-                     i32(bias is not None))
+        self._queue(("bias_act", act), (x, bias, out), lambda: [(
+            "bias_act", bias_act.bias_act_kernel,
+            *bias_act.launch_config(*x.shape, self.elementwise_threads, self.max_blocks),
+            (x.reshape(-1), self._dummy if bias is None else bias, out.reshape(-1), i32(bias_act.ACT_CODES[act]),
+             i32(bias is not None)))])
 
     def _act_backward(self, y, dy, act, out):
-        grid, block = act_backward.launch_config(*y.shape, self.elementwise_threads, self.max_blocks)
-        self._launch("act_backward", act_backward.act_backward_kernel, grid, block, y.reshape(-1), dy.reshape(-1),
-                     out.reshape(-1), i32(bias_act.ACT_CODES[act]))
+        self._queue(("act_backward", act), (y, dy, out), lambda: [(
+            "act_backward", act_backward.act_backward_kernel,
+            *act_backward.launch_config(*y.shape, self.elementwise_threads, self.max_blocks),
+            (y.reshape(-1), dy.reshape(-1), out.reshape(-1), i32(bias_act.ACT_CODES[act])))])
 
     def _bias_grad(self, dy, out):
-        n, d = dy.shape
-        stage1, stage2, (chunks, rows_per_chunk) = bias_grad.launch_config(n, d, self.max_blocks)
-        partial = out.reshape(1, d) if chunks == 1 else self._workspace("bias_grad", (chunks, d))
-        self._launch("bias_grad_partial", bias_grad.bias_grad_partial_kernel, *stage1, dy, partial, i64(rows_per_chunk))
-        if stage2 is not None:
-            self._launch("bias_grad_sum", bias_grad.bias_grad_sum_kernel, *stage2, partial, out)
+        self._queue("bias_grad", (dy, out), lambda: self._bias_grad_launches(
+            ("bias_grad_partial", bias_grad.bias_grad_partial_kernel, (dy,)), dy, out))
+
+    def _act_bias_backward(self, y, dy, act, dz, db):
+        self._queue(("act_bias_backward", act), (y, dy, dz, db), lambda: self._bias_grad_launches(
+            ("act_bias_grad_partial", bias_grad.act_bias_grad_partial_kernel,
+             (y, dy, i32(bias_act.ACT_CODES[act]), dz)), dz, db))
 
     def _softmax(self, x, out):
-        grid, block = softmax.launch_config(*x.shape, self.threads, self.max_blocks)
-        self._launch("softmax_forward", softmax.softmax_forward_kernel, grid, block, x, out)
+        self._queue("softmax", (x, out), lambda: [(
+            "softmax_forward", softmax.softmax_forward_kernel,
+            *softmax.launch_config(*x.shape, self.threads, self.max_blocks), (x, out))])
 
     def _softmax_backward(self, y, dy, out):
-        grid, block = softmax.launch_config(*y.shape, self.threads, self.max_blocks)
-        self._launch("softmax_backward", softmax.softmax_backward_kernel, grid, block, y, dy, out)
+        self._queue("softmax_backward", (y, dy, out), lambda: [(
+            "softmax_backward", softmax.softmax_backward_kernel,
+            *softmax.launch_config(*y.shape, self.threads, self.max_blocks), (y, dy, out))])
 
     def _softmax_cross_entropy(self, logits, labels, grad, loss, accumulate):
-        n, c = logits.shape
-        row_loss = self._workspace("row_loss", (n,))
-        grid, block = softmax_xent.launch_config(n, c, self.threads, self.max_blocks)
-        self._launch("softmax_xent", softmax_xent.softmax_xent_kernel, grid, block, logits, labels, grad, row_loss,
-                     f32(1.0 / n))
-        self._finish_loss(row_loss, loss, n, accumulate)
+        def plan():
+            n, c = logits.shape
+            row_loss = self._workspace("row_loss", (n,))
+            return [("softmax_xent", softmax_xent.softmax_xent_kernel,
+                     *softmax_xent.launch_config(n, c, self.threads, self.max_blocks),
+                     (logits, labels, grad, row_loss, f32(1.0 / n))),
+                    self._finish_loss(row_loss, loss, n, accumulate)]
+
+        self._queue(("softmax_cross_entropy", accumulate), (logits, labels, grad, loss), plan)
 
     def _mse(self, y, labels, grad, loss, accumulate):
-        n, c = y.shape
-        row_sq = self._workspace("row_loss", (n,))
-        grid, block = mse.launch_config(n, c, self.threads, self.max_blocks)
-        self._launch("mse", mse.mse_kernel, grid, block, y, labels, grad, row_sq, f32(1.0 / n))
-        self._finish_loss(row_sq, loss, 2 * n, accumulate)
+        def plan():
+            n, c = y.shape
+            row_sq = self._workspace("row_loss", (n,))
+            return [("mse", mse.mse_kernel, *mse.launch_config(n, c, self.threads, self.max_blocks),
+                     (y, labels, grad, row_sq, f32(1.0 / n))),
+                    self._finish_loss(row_sq, loss, 2 * n, accumulate)]
+
+        self._queue(("mse", accumulate), (y, labels, grad, loss), plan)
 
     def _sgd_update(self, param, grad, velocity, lr, momentum, weight_decay, nesterov):
-        grid, block = sgd.launch_config(param.size, self.elementwise_threads, self.max_blocks)
-        v = velocity.reshape(-1) if momentum else self._dummy
         on_device = hasattr(lr, "shape")  # a device scalar the kernel reads, or a number fixed now
-        self._launch("sgd_update", sgd.sgd_kernel, grid, block, param.reshape(-1), grad.reshape(-1), v,
-                     f32(0.0 if on_device else lr), lr if on_device else self._dummy, i32(on_device),
-                     f32(momentum), f32(weight_decay), i32(nesterov))
+        v = velocity.reshape(-1) if momentum else self._dummy
+        self._queue(("sgd_update", None if on_device else lr, momentum, weight_decay, nesterov),
+                    (param, grad, velocity if momentum else None, lr if on_device else None), lambda: [(
+                        "sgd_update", sgd.sgd_kernel,
+                        *sgd.launch_config(param.size, self.elementwise_threads, self.max_blocks),
+                        (param.reshape(-1), grad.reshape(-1), v, f32(0.0 if on_device else lr),
+                         lr if on_device else self._dummy, i32(on_device), f32(momentum), f32(weight_decay),
+                         i32(nesterov)))])
 
     def _count_correct(self, scores, labels, out):
-        grid, block = count_correct.launch_config(*scores.shape, self.threads, self.max_blocks)
-        self._launch("count_correct", count_correct.count_correct_kernel, grid, block, scores, labels, out)
+        self._queue("count_correct", (scores, labels, out), lambda: [(
+            "count_correct", count_correct.count_correct_kernel,
+            *count_correct.launch_config(*scores.shape, self.threads, self.max_blocks), (scores, labels, out))])
 
     def _gather_batch(self, x, labels, order, cursor, xb, yb):
-        grid, block = batch.launch_config(*xb.shape, self.threads, self.max_blocks)
-        self._launch("gather_batch", batch.gather_batch_kernel, grid, block, x, labels, order, cursor, xb, yb)
+        self._queue("gather_batch", (x, labels, order, cursor, xb, yb), lambda: [(
+            "gather_batch", batch.gather_batch_kernel, *batch.launch_config(*xb.shape, self.threads, self.max_blocks),
+            (x, labels, order, cursor, xb, yb))])
 
     def _advance_step(self, cursor, stride, lr_table, lr):
-        grid, block = batch.advance_config()
-        self._launch("advance_step", batch.advance_step_kernel, grid, block, cursor, i32(stride), lr_table, lr)
+        self._queue(("advance_step", stride), (cursor, lr_table, lr), lambda: [(
+            "advance_step", batch.advance_step_kernel, *batch.advance_config(), (cursor, i32(stride), lr_table, lr))])
 
 
 class Graph:

@@ -134,6 +134,11 @@ class NumpyBackend(Backend):
     def _bias_grad(self, dy, out):
         np.dot(self._ones(dy.shape[0]), dy, out=out)
 
+    # dz = dy * act'(z); db = column sums of dz: the two ops above, in order
+    def _act_bias_backward(self, y, dy, act, dz, db):
+        self._act_backward(y, dy, act, dz)
+        self._bias_grad(dz, db)
+
     def _softmax_rows(self, x, out):
         """out = exp(x - rowmax); returns (rowmax, rowsum) workspaces."""
         n = x.shape[0]

@@ -72,6 +72,11 @@ def bias_grad_cost(n: int, d: int) -> Cost:
     return Cost(n * d, F32 * (n * d + d))
 
 
+def act_bias_backward_cost(n: int, d: int, act: str) -> Cost:
+    """``dz = dy * act'(y)`` and ``db = dz.sum(axis=0)`` in one pass: reads y and dy, writes dz and db."""
+    return Cost(n * d * (2 + ACT_BACKWARD_FLOPS[act]), F32 * (3 * n * d + d))
+
+
 def softmax_cost(n: int, c: int) -> Cost:
     """Row max, subtract, exp, row sum, divide: 5 FLOPs per element; reads x, writes out."""
     return Cost(5 * n * c, F32 * 2 * n * c)
@@ -131,6 +136,7 @@ OPS = {
     "bias_act": bias_act_cost,
     "act_backward": act_backward_cost,
     "bias_grad": bias_grad_cost,
+    "act_bias_backward": act_bias_backward_cost,
     "softmax": softmax_cost,
     "softmax_backward": softmax_backward_cost,
     "softmax_cross_entropy": softmax_cross_entropy_cost,

@@ -141,6 +141,25 @@ def test_bias_grad(backend, shape):
     check(backend, lambda be, d: be.bias_grad(d["dy"], d["out"]), dy=dy, out=nan(shape[1]))
 
 
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 31), (128, 16), (600, 5), (3, 1100)], ids=str)
+def test_act_bias_backward(backend, act, shape):
+    """The fused backward equals act_backward then bias_grad; (600, 5) takes the two-stage path."""
+    rng = rng_for("act_bias_backward", act, shape)
+    y = np.empty(shape, np.float32)
+    REF.bias_act(normal(rng, shape), None, act, y)
+    check(backend, lambda be, d: be.act_bias_backward(d["y"], d["dy"], act, d["dz"], d["db"]),
+          y=y, dy=normal(rng, shape), dz=nan(shape), db=nan(shape[1]))
+
+
+def test_act_bias_backward_in_place(backend):
+    rng = rng_for("act_bias_backward_inplace")
+    y = np.empty((7, 33), np.float32)
+    REF.bias_act(normal(rng, y.shape), None, "sigmoid", y)
+    check(backend, lambda be, d: be.act_bias_backward(d["y"], d["dy"], "sigmoid", d["dy"], d["db"]),
+          y=y, dy=normal(rng, y.shape), db=nan(33))
+
+
 # ---------------------------------------------------------------------------- softmax
 def logits(rng, shape, extreme=True):
     """Normal logits, with ±1e4 in some rows: any exp() without the max shift overflows."""

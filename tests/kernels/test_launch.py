@@ -118,7 +118,7 @@ def test_kernel_costs_are_the_op_sets_formulas():
     """One source for FLOPs and bytes: each kernel module's cost is gpunn.backend.ops'."""
     assert bias_act.cost is ops.bias_act_cost
     assert act_backward.cost is ops.act_backward_cost
-    assert bias_grad.cost is ops.bias_grad_cost
+    assert bias_grad.cost is ops.bias_grad_cost and bias_grad.act_cost is ops.act_bias_backward_cost
     assert softmax.cost is ops.softmax_cost and softmax.backward_cost is ops.softmax_backward_cost
     assert softmax_xent.cost is ops.softmax_cross_entropy_cost
     assert mse.cost is ops.mse_cost

@@ -50,6 +50,7 @@ def every_op(be, rng):
     be.act_backward(out, g, "tanh", g)
     be.bias_grad(g, np.empty(3, np.float32))
     be.bias_grad(f(600, 3), np.empty(3, np.float32))  # two stages
+    be.act_bias_backward(out, g, "relu", np.empty_like(g), np.empty(3, np.float32))
     be.softmax(out, g)
     be.softmax_backward(g, out, out)
     loss = np.zeros(1, np.float32)

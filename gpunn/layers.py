@@ -137,9 +137,12 @@ class Dense(Layer):
         if self.activation != "identity":                            # dz = dy * act'(z); db = Σ_rows dz
             dz = self._buffer("dz", n, self.out_features)
             be._act_bias_backward(self._y, dy, self.activation, dz, self.db)
+            with be.branch():                                        # (may run beside dx; see Backend.branch)
+                be._gemm(self._x, dz, self.dW, True, False, False)   # dW = xᵀ dz
         else:
-            be._bias_grad(dz, self.db)                               # db = Σ_rows dz
-        be._gemm(self._x, dz, self.dW, True, False, False)           # dW = xᵀ dz
+            with be.branch():
+                be._bias_grad(dz, self.db)                           # db = Σ_rows dz
+                be._gemm(self._x, dz, self.dW, True, False, False)   # dW = xᵀ dz
         if not self.needs_input_grad:
             return None
         dx = self._buffer("dx", n, self.in_features)

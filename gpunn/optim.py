@@ -51,6 +51,7 @@ class SGD:
         lr: this step's rate (from a schedule), or a one-element device array holding it,
         which the update reads when it runs (a step captured as a CUDA graph needs that)."""
         lr = self.lr if lr is None else lr if hasattr(lr, "shape") else float(lr)
+        self.backend.join()  # every gradient a branch computed is complete (see Backend.branch)
         update = self.backend._sgd_update
         for p, g, v in self._steps:
             update(p, g, v, lr, self.momentum, self.weight_decay, self.nesterov)

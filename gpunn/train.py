@@ -301,9 +301,10 @@ class Trainer:
         """One step: forward, loss and its gradient, backward (chain rule), SGD update."""
         out = self.model.forward(xb)
         grad = self.loss_fn(out, yb, self._loss_sum, accumulate=True)
-        self.backend._count_correct(out, yb, self._correct)  # shapes known: the loss checked them
+        with self.backend.branch():  # beside the backward pass (see Backend.branch)
+            self.backend._count_correct(out, yb, self._correct)  # shapes known: the loss checked them
         self.model.backward(grad)
-        self.optimizer.step(lr)
+        self.optimizer.step(lr)  # (after every branch: it joins them)
 
     def _check_finite(self, loss_sum, lr):
         if not math.isfinite(loss_sum):

@@ -34,8 +34,8 @@ def gather_batch_kernel(x, labels, order, cursor, xb, yb):
     the row: each warp copies consecutive floats of one image."""
     start = cursor[0]
     d = xb.shape[1]
-    for i in range(cuda.blockIdx.x, xb.shape[0], cuda.gridDim.x):
-        src = order[start + i]
+    for i in range(cuda.blockIdx.x, min(xb.shape[0], order.shape[0] - start), cuda.gridDim.x):
+        src = order[start + i]  # (a cursor past the order, which the trainer never leaves, reads nothing)
         for j in range(cuda.threadIdx.x, d, cuda.blockDim.x):
             xb[i, j] = x[src, j]
         if cuda.threadIdx.x == 0:

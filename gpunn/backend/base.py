@@ -11,6 +11,7 @@ readable definition of what each op means.
 from __future__ import annotations
 
 import abc
+import contextlib
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from gpunn.backend.ops import ACTIVATIONS
 from gpunn.errors import GraphUnavailable, ShapeError
 
 float32 = np.dtype(np.float32)
+_IN_ORDER = contextlib.nullcontext()  # Backend.branch() where nothing overlaps
 int32 = np.dtype(np.int32)
 
 
@@ -88,6 +90,17 @@ class Backend(abc.ABC):
 
         No allocation: a CUDA graph reads ``out`` at the address it had when captured."""
         np.copyto(out, host, casting="same_kind")
+
+    def branch(self):
+        """A context whose work may overlap with what is queued after it, until :meth:`join`.
+
+        Layers put independent work in a branch (a weight gradient beside the input
+        gradient; the accuracy count beside the backward pass).  By default, and on every
+        backend but a GPU capturing a graph, it is a no-op: everything runs in order."""
+        return _IN_ORDER
+
+    def join(self) -> None:
+        """Make what is queued next wait for every branch (a no-op where branches are)."""
 
     def capture(self, fn):
         """Record the device work ``fn()`` queues as a graph and return a callable that replays it.

@@ -4,9 +4,9 @@ CuPy's ``cupy.cublas`` refuses every call while a stream is capturing (a blanket
 check in its ``setStream``), though cuBLAS itself supports capture.  gpunn calls
 ``cublasSgemm`` through nvmath-python's bindings (NVIDIA's) instead, on a handle of
 its own, and follows cuBLAS's rules for graph capture: whenever the stream changes,
-the handle gets the stream first and then a workspace of its own
+the handle gets the stream first and then that stream's own workspace
 (``cublasSetStream`` resets the workspace to cuBLAS's pool, whose allocations a
-graph cannot hold).  ``alpha`` and ``beta`` are host scalars read when the call is
+graph cannot hold; GEMMs that run at once on two streams must not share one).  ``alpha`` and ``beta`` are host scalars read when the call is
 queued (1 and 0 or 1), so a captured GEMM replays with the same values.
 
 Row-major in, column-major BLAS: gpunn's arrays are C-ordered, cuBLAS's are
@@ -63,18 +63,27 @@ class Cublas:
 
         self._cublas = cublas
         self.handle = cublas.create()  # lives as long as the process (see shared())
-        self._workspace = cupy.empty(WORKSPACE_BYTES, dtype=np.uint8)
+        self._cupy = cupy
+        self._workspaces = {}  # stream -> its workspace: GEMMs on two streams may run at once
         self._stream = None
         # alpha = 1; beta = 0 (overwrite) or 1 (accumulate): host scalars, alive as long as the handle
         self._scalars = np.array([1.0, 0.0, 1.0], dtype=np.float32)
         base = self._scalars.ctypes.data
         self._alpha, self._beta = base, (base + 4, base + 8)
 
+    def workspace(self, stream: int):
+        """The workspace of the GEMMs queued on ``stream``, allocated on first use (before a capture,
+        by the backend: nothing is allocated while a stream is capturing)."""
+        ws = self._workspaces.get(stream)
+        if ws is None:
+            ws = self._workspaces[stream] = self._cupy.empty(WORKSPACE_BYTES, dtype=np.uint8)
+        return ws
+
     def use_stream(self, stream: int) -> None:
-        """Queue the next calls on ``stream``: set it, then the workspace (cuBLAS's capture rule)."""
+        """Queue the next calls on ``stream``: set it, then its workspace (cuBLAS's capture rule)."""
         if stream != self._stream:
             self._cublas.set_stream(self.handle, stream)
-            self._cublas.set_workspace(self.handle, self._workspace.data.ptr, WORKSPACE_BYTES)
+            self._cublas.set_workspace(self.handle, self.workspace(stream).data.ptr, WORKSPACE_BYTES)
             self._stream = stream
 
     def gemm(self, stream, a, b, out, trans_a, trans_b, accumulate) -> None:

@@ -27,6 +27,7 @@ launches through Numba's dispatcher (``kernel[grid, block](...)``) and has no gr
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -131,6 +132,7 @@ class CudaBackend(Backend):
         self.launch_hooks: list[Callable] = []
         self._ws = {}
         self._bound = {}  # op call -> its bound launches (see _queue)
+        self._capturing = self._branched = False  # see capture() and branch()
         if self.simulated:
             self.xp = np
             self._to_host = np.asarray
@@ -169,7 +171,7 @@ class CudaBackend(Backend):
         except ImportError as exc:
             raise BackendUnavailable(f"the cuda backend's GEMM needs nvmath-python ({exc.name or exc}); "
                                      'install the GPU packages with: pip install "gpunn[cuda12]" (or "gpunn[cuda13]")') from None
-        self._capture_stream = None
+        self._capture_stream = self._side_stream = None
 
         def blas_gemm(a, b, out, trans_a, trans_b, accumulate):
             self._cublas.gemm(self._current_stream(), a, b, out, trans_a, trans_b, accumulate)
@@ -201,21 +203,46 @@ class CudaBackend(Backend):
         origin = cupy.cuda.get_current_stream()
         if self._capture_stream is None:
             self._capture_stream = cupy.cuda.Stream(non_blocking=True)
-        side = self._capture_stream
-        side.wait_event(origin.record())
-        with side:
-            side.begin_capture()
+            self._side_stream = cupy.cuda.Stream(non_blocking=True)
+        main, side = self._capture_stream, self._side_stream
+        for stream in (main, side):  # cuBLAS workspaces now: nothing may be allocated while capturing
+            self._cublas.workspace(stream.ptr)
+        main.wait_event(origin.record())
+        with main:
+            main.begin_capture()
+            self._capturing = True
             try:
                 fn()
+                self.join()
             except BaseException:
                 try:
-                    side.end_capture()  # leave the stream usable; the graph is discarded
+                    main.end_capture()  # leave the stream usable; the graph is discarded
                 except Exception:
                     pass
                 raise
-            graph = side.end_capture()
+            finally:
+                self._capturing, self._branched = False, False
+            graph = main.end_capture()
         graph.upload(origin)
         return Graph(graph, cupy)
+
+    def branch(self):
+        """While capturing, a fork onto a side stream: the work inside may run beside what the
+        main stream queues next, until :meth:`join`.  Eagerly, in order (a no-op)."""
+        return self._fork() if self._capturing else super().branch()
+
+    @contextlib.contextmanager
+    def _fork(self):
+        main, side = self.xp.cuda.get_current_stream(), self._side_stream
+        side.wait_event(main.record())  # the branch starts after what main has queued so far
+        with side:
+            yield
+        self._branched = True
+
+    def join(self) -> None:
+        if self._branched:
+            self.xp.cuda.get_current_stream().wait_event(self._side_stream.record())
+            self._branched = False
 
     def describe(self) -> str:
         gemm_name = {"cublas": "numpy matmul" if self.simulated else "cuBLAS", "numba": "tiled numba"}[self.gemm_impl]

@@ -41,4 +41,10 @@ TAIL=40 part benchmark 200 python3 benchmarks/gpu_train_speed.py --epochs 5 --js
 part train-default 90 python3 -m gpunn train --backend cuda --metrics-json "$OUT/train_default.json"
 part train-primer 90 python3 examples/seed_network.py --backend cuda --metrics-json "$OUT/train_primer.json"
 TAIL=30 part profile 90 python3 -m gpunn profile --backend cuda --reps 50 --json "$OUT/profile_default.json"
+# where a second run's start-up goes (cProfile of the quick start's command, its kernel cache warm by now)
+TAIL=45 part startup-profile 60 python3 -c 'import cProfile, pstats, sys
+sys.argv = ["gpunn", "train", "--backend", "cuda", "--epochs", "1"]
+import time; t0 = time.perf_counter()
+cProfile.run("import gpunn.cli; gpunn.cli.main(sys.argv[1:])", "/tmp/startup.prof")
+pstats.Stats("/tmp/startup.prof").sort_stats("cumtime").print_stats(30)'
 echo "logs in $OUT"

@@ -37,6 +37,7 @@ import numpy as np
 from numba import cuda
 
 from gpunn.backend.base import Backend
+from gpunn.backend.cuda_launch import Launcher, stream_arg
 from gpunn.backend.numpy_backend import NumpyBackend
 from gpunn.errors import BackendUnavailable, GraphUnavailable
 from gpunn.kernels import (
@@ -152,7 +153,6 @@ class CudaBackend(Backend):
         import cupy
 
         from gpunn.backend import cublas
-        from gpunn.backend.cuda_launch import Launcher
 
         try:
             from numba.cuda.core import config  # numba-cuda's own config (newer releases)
@@ -301,7 +301,7 @@ class CudaBackend(Backend):
             if len(self._bound) >= MAX_BOUND:
                 self._bound.clear()
             bound = self._bound[key] = tuple(self._launcher.bind(*launch) for launch in plan())
-        stream = self._current_stream()
+        stream = stream_arg(self._current_stream())
         for launch in bound:
             launch(stream)
 

@@ -127,9 +127,7 @@ class _Driver:
         except OSError as exc:  # pragma: no cover - only without a driver
             raise CudaError(f"the CUDA driver library (libcuda.so.1) cannot be loaded: {exc}") from None
         launch = lib.cuLaunchKernel
-        launch.restype = ctypes.c_int
-        launch.argtypes = [ctypes.c_void_p, *[ctypes.c_uint] * 6, ctypes.c_uint, ctypes.c_void_p,
-                           ctypes.c_void_p, ctypes.c_void_p]
+        launch.restype = ctypes.c_int  # its arguments are passed as ctypes values (BoundLaunch): no argtypes
         self.launch = launch
         self._get_function = getattr(lib, "cuKernelGetFunction", None)  # CUDA 12.0+
         if self._get_function is not None:
@@ -168,7 +166,7 @@ def driver() -> _Driver:
 class BoundLaunch:
     """One kernel with its grid, block and arguments fixed: calling it launches on a stream."""
 
-    __slots__ = ("name", "formats", "params", "_block", "_pointers", "_call")
+    __slots__ = ("name", "formats", "params", "_block", "_pointers", "_head")
 
     def __init__(self, name, function: int, grid, block, formats: str, values):
         self.name, self.formats = name, formats
@@ -176,18 +174,40 @@ class BoundLaunch:
         base = ctypes.addressof(self._block)
         self._pointers = (ctypes.c_void_p * max(len(formats), 1))(*[base + SLOT * k for k in range(len(formats))])
         (gx, gy, gz), (bx, by, bz) = _dim3(grid), _dim3(block)
-        self._call = (function, gx, gy, gz, bx, by, bz, 0)
+        # cuLaunchKernel's arguments before the stream, as ctypes values once (half the cost of
+        # converting Python ints on every call)
+        self._head = (ctypes.c_void_p(function), *[ctypes.c_uint(v) for v in (gx, gy, gz, bx, by, bz, 0)])
 
     @property
     def values(self):
         """The parameter values this launch passes (read back from its block)."""
         return unpack(self.formats, self._block)
 
-    def __call__(self, stream: int) -> None:
-        d = driver()
-        code = d.launch(*self._call, stream, self._pointers, None)
+    def __call__(self, stream: ctypes.c_void_p) -> None:
+        """Launch on ``stream`` (a ``ctypes.c_void_p``: see :func:`stream_arg`)."""
+        code = _launch_kernel(*self._head, stream, self._pointers, None)
         if code:
-            raise CudaError(f"launching {self.name} failed: {d.error_name(code)}")
+            raise CudaError(f"launching {self.name} failed: {driver().error_name(code)}")
+
+
+_streams = {}
+
+
+def stream_arg(stream: int) -> ctypes.c_void_p:
+    """A stream handle as the ctypes value a launch takes (cached: streams are few)."""
+    arg = _streams.get(stream)
+    if arg is None:
+        if len(_streams) > 64:
+            _streams.clear()
+        arg = _streams[stream] = ctypes.c_void_p(stream)
+    return arg
+
+
+def _launch_kernel(*args):
+    """``cuLaunchKernel``, bound to the driver on first use."""
+    global _launch_kernel
+    _launch_kernel = driver().launch
+    return _launch_kernel(*args)
 
 
 class Launcher:
@@ -226,4 +246,4 @@ class Launcher:
             if len(self._bound) >= MAX_BOUND:
                 self._bound.clear()
             bound = self._bound[key] = self.bind(name, kernel, grid, block, args)
-        bound(stream)
+        bound(stream_arg(stream))

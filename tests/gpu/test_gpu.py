@@ -236,7 +236,7 @@ def test_replaying_the_step_never_synchronises():
     from gpunn.train import TrainConfig, Trainer
     from test_train import toy_data
 
-    trainer = Trainer(TrainConfig(hidden=(512, 512), epochs=1, batch_size=128), toy_data(n=128 * 60, d=784, c=10),
+    trainer = Trainer(TrainConfig(hidden=(512, 512), epochs=1, batch_size=128, lr=0.01), toy_data(n=128 * 60, d=784, c=10),
                       backend=cuda_backend(), progress=False, log=lambda s: None)
     trainer.run_epoch()  # compiles, captures
     assert trainer._graphs, trainer.graphs_note

@@ -10,7 +10,7 @@ from numba import cuda, float32, int32, void
 
 from gpunn.backend import ops
 from gpunn.kernels.bias_act import RELU, SIGMOID, TANH
-from gpunn.kernels.launch import ELEMENTWISE_THREADS, F0, ONE, KernelSpec, elementwise_config, jit
+from gpunn.kernels.launch import ELEMENTWISE_THREADS, F0, ONE, KernelSpec, elementwise_config
 
 cost = ops.act_backward_cost
 """FLOPs and bytes of one call (the op set's formula)."""
@@ -28,7 +28,7 @@ def act_grad(g, y, act):
     return g
 
 
-@jit
+@cuda.jit
 def act_backward_kernel(y, dy, out, act):
     """``out[i] = dy[i] * act'`` from ``y[i]``, over flat (N*D,) arrays."""
     for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):

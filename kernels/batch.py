@@ -20,13 +20,13 @@ from __future__ import annotations
 from numba import cuda, float32, int32, void
 
 from gpunn.backend import ops
-from gpunn.kernels.launch import ROW_THREADS, KernelSpec, jit, row_config
+from gpunn.kernels.launch import ROW_THREADS, KernelSpec, row_config
 
 gather_cost = ops.gather_batch_cost
 advance_cost = ops.advance_step_cost
 
 
-@jit
+@cuda.jit
 def gather_batch_kernel(x, labels, order, cursor, xb, yb):
     """Rows ``order[cursor[0] + i]`` of x (N, D) and labels (N,) into xb (B, D), yb (B,).
 
@@ -42,7 +42,7 @@ def gather_batch_kernel(x, labels, order, cursor, xb, yb):
             yb[i] = labels[src]
 
 
-@jit
+@cuda.jit
 def advance_step_kernel(cursor, stride, lr_table, lr):
     """``cursor[0] += stride``, ``cursor[1] += 1``, ``lr[0] = lr_table[min(cursor[1], last)]``; one thread."""
     if cuda.grid(1) == 0:

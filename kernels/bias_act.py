@@ -15,7 +15,7 @@ import math
 from numba import cuda, float32, int32, void
 
 from gpunn.backend import ops
-from gpunn.kernels.launch import ELEMENTWISE_THREADS, F0, HALF, ONE, KernelSpec, elementwise_config, jit
+from gpunn.kernels.launch import ELEMENTWISE_THREADS, F0, HALF, ONE, KernelSpec, elementwise_config
 
 #: Activation codes passed to the kernels (a uniform branch, so one kernel serves all).
 ACT_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
@@ -37,7 +37,7 @@ def activate(z, act):
     return z
 
 
-@jit
+@cuda.jit
 def bias_act_kernel(x, bias, out, act, has_bias):
     """``out[i] = act(x[i] + bias[i % D])`` over flat (N*D,) arrays; bias is (D,).
 

@@ -26,7 +26,6 @@ from gpunn.kernels.launch import (
     cdiv,
     clamp_grid,
     elementwise_config,
-    jit,
 )
 
 TILE_COLS = 32  # columns per block (threadIdx.x)
@@ -39,7 +38,7 @@ cost = ops.bias_grad_cost
 act_cost = ops.act_bias_backward_cost
 
 
-@jit
+@cuda.jit
 def bias_grad_partial_kernel(dy, partial, rows_per_chunk):
     """``partial[chunk, col] = sum of dy[r, col]`` over the chunk's rows, in a fixed order."""
     sh = cuda.shared.array((ROW_LANES, TILE_COLS), float32)
@@ -68,7 +67,7 @@ def bias_grad_partial_kernel(dy, partial, rows_per_chunk):
         cuda.syncthreads()  # sh is reused by the next tile
 
 
-@jit
+@cuda.jit
 def act_bias_grad_partial_kernel(y, dy, act, dz, partial, rows_per_chunk):
     """Stage 1 with the activation's backward fused in: ``dz[r, col] = dy[r, col] * act'(y[r, col])``
     (written), and ``partial[chunk, col]`` its sum over the chunk's rows, in the same order as
@@ -101,7 +100,7 @@ def act_bias_grad_partial_kernel(y, dy, act, dz, partial, rows_per_chunk):
         cuda.syncthreads()  # sh is reused by the next tile
 
 
-@jit
+@cuda.jit
 def bias_grad_sum_kernel(partial, out):
     """``out[col] = sum over chunks of partial[chunk, col]``, chunks in order."""
     for col in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):

@@ -13,14 +13,14 @@ from __future__ import annotations
 from numba import cuda, float32, int32, void
 
 from gpunn.backend import ops
-from gpunn.kernels.launch import NEG_INF, ROW_THREADS, KernelSpec, row_config, jit
+from gpunn.kernels.launch import NEG_INF, ROW_THREADS, KernelSpec, row_config
 from gpunn.kernels.reduce import block_argmax
 
 cost = ops.count_correct_cost
 """FLOPs and bytes of one call (the op set's formula)."""
 
 
-@jit
+@cuda.jit
 def count_correct_kernel(scores, labels, out):
     """``out[0] += sum over rows of (argmax(scores[r]) == labels[r])``."""
     shv = cuda.shared.array(ROW_THREADS, float32)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from numba import cuda, float32, int32, void
 
 from gpunn.backend import ops
-from gpunn.kernels.launch import F0, MAX_GRID_YZ, KernelSpec, cdiv, clamp_grid, jit
+from gpunn.kernels.launch import F0, MAX_GRID_YZ, KernelSpec, cdiv, clamp_grid
 
 TILE = 32  # out tile is TILE x TILE; K is consumed TILE at a time
 LANES = 8  # threadIdx.y; each thread owns TILE // LANES rows of the tile
@@ -46,7 +46,7 @@ def stage(tile, src, trans, r, off0, off1, lim0, lim1):
         tile[r, tx] = src[off0 + r, off1 + tx] if off0 + r < lim0 and off1 + tx < lim1 else F0
 
 
-@jit
+@cuda.jit
 def gemm_kernel(a, b, out, trans_a, trans_b, accumulate):
     """Tiled ``out = op(a) @ op(b) [+ out]``; launch with ``launch_config(M, N)``."""
     a_tile = cuda.shared.array((TILE, PADDED), float32)  # a_tile[i, k] = op(a)[row0 + i, k0 + k]

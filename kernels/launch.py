@@ -100,14 +100,14 @@ def check_launch(grid, block, shared_bytes: int = 0) -> None:
         raise ValueError(f"{shared_bytes} bytes of shared memory exceed {MAX_STATIC_SHARED_BYTES}")
 
 
-# ---------------------------------------------------------------------- compiling, cached on disk
+# ---------------------------------------------------------------------- where compiled kernels are kept
 
 def source_digest() -> str:
     """A short hash of every kernel family's source (this package's ``*.py`` files).
 
-    Numba's disk cache checks only the stamp of the file that defines a kernel, not of
-    the files its device functions come from (``reduce.py``, ``softmax.py``...), so the
-    cache lives in a folder named by this hash: any edit to any family starts afresh."""
+    Compiled kernels are kept in a folder named by it: a kernel's machine code depends on
+    the device functions it calls from other families (``reduce.py``, ``softmax.py``...)
+    too, so any edit to any family starts afresh."""
     import hashlib
     from pathlib import Path
 
@@ -119,7 +119,7 @@ def source_digest() -> str:
 
 
 def kernel_cache_dir():
-    """Where compiled kernels are kept between processes:
+    """Where the cuda backend keeps compiled kernels between processes:
     ``$GPUNN_CACHE_DIR/kernels/<source digest>``, else the same under
     ``$XDG_CACHE_HOME/gpunn`` or ``~/.cache/gpunn`` (the layout gpunn's other caches use)."""
     import os
@@ -132,24 +132,3 @@ def kernel_cache_dir():
         xdg = os.environ.get("XDG_CACHE_HOME")
         base = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "gpunn"
     return base / "kernels" / source_digest()
-
-
-def jit(fn):
-    """``numba.cuda.jit(cache=True)``, with the disk cache in :func:`kernel_cache_dir`.
-
-    A second process loads each compiled kernel from there instead of compiling it
-    again (seconds of JIT per run otherwise).  Numba fixes a kernel's cache folder when
-    the kernel is defined, so ``CACHE_DIR`` is set for that moment only and restored:
-    nothing else in the process is affected.  In the CUDA simulator ``cache`` is ignored."""
-    from numba import cuda
-
-    try:  # numba-cuda's own config (newer releases), else numba's
-        from numba.cuda.core import config
-    except ImportError:  # pragma: no cover - older numba-cuda
-        from numba.core import config
-    saved = config.CACHE_DIR
-    config.CACHE_DIR = str(kernel_cache_dir())
-    try:
-        return cuda.jit(cache=True)(fn)
-    finally:
-        config.CACHE_DIR = saved

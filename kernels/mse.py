@@ -10,14 +10,14 @@ from __future__ import annotations
 from numba import cuda, float32, int32, void
 
 from gpunn.backend import ops
-from gpunn.kernels.launch import F0, ONE, ROW_THREADS, KernelSpec, row_config, jit
+from gpunn.kernels.launch import F0, ONE, ROW_THREADS, KernelSpec, row_config
 from gpunn.kernels.reduce import SUM, block_reduce
 
 cost = ops.mse_cost
 """FLOPs and bytes of one call, both kernels together (the op set's formula)."""
 
 
-@jit
+@cuda.jit
 def mse_kernel(y, labels, grad, row_sq, inv_n):
     """Per row r: ``e = y[r] - onehot``; ``grad[r] = e * inv_n``; ``row_sq[r] = sum(e²)``."""
     sh = cuda.shared.array(ROW_THREADS, float32)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from numba import cuda, float32, int32, void
 
-from gpunn.kernels.launch import F0, ROW_THREADS, KernelSpec, check_pow2_threads, jit
+from gpunn.kernels.launch import F0, ROW_THREADS, KernelSpec, check_pow2_threads
 
 
 SUM = 0
@@ -61,7 +61,7 @@ def block_argmax(shv, shi, value, index):
     return best
 
 
-@jit
+@cuda.jit
 def finish_loss_kernel(row_loss, loss, divisor, accumulate):
     """``loss[0] = sum(row_loss) / divisor`` (``+=`` if accumulate), by ONE block.
 

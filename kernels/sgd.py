@@ -13,13 +13,13 @@ from __future__ import annotations
 from numba import cuda, float32, int32, void
 
 from gpunn.backend import ops
-from gpunn.kernels.launch import ELEMENTWISE_THREADS, F0, KernelSpec, elementwise_config, jit
+from gpunn.kernels.launch import ELEMENTWISE_THREADS, F0, KernelSpec, elementwise_config
 
 cost = ops.sgd_update_cost
 """FLOPs and bytes of one call (the op set's formula)."""
 
 
-@jit
+@cuda.jit
 def sgd_kernel(param, grad, velocity, lr_value, lr_ref, lr_on_device, momentum, weight_decay, nesterov):
     """One SGD step on flat (P,) arrays; velocity is a one-element dummy when momentum is 0.
 

@@ -18,7 +18,7 @@ import math
 from numba import cuda, float32, void
 
 from gpunn.backend import ops
-from gpunn.kernels.launch import F0, NEG_INF, ROW_THREADS, KernelSpec, row_config, jit
+from gpunn.kernels.launch import F0, NEG_INF, ROW_THREADS, KernelSpec, row_config
 from gpunn.kernels.reduce import MAX, SUM, block_reduce
 
 cost = ops.softmax_cost
@@ -42,7 +42,7 @@ def row_max_sumexp(sh, x, row):
     return m, block_reduce(sh, s, SUM)
 
 
-@jit
+@cuda.jit
 def softmax_forward_kernel(x, out):
     """``out[r] = softmax(x[r])`` for every row r."""
     sh = cuda.shared.array(ROW_THREADS, float32)
@@ -52,7 +52,7 @@ def softmax_forward_kernel(x, out):
             out[row, j] = math.exp(x[row, j] - m) / s
 
 
-@jit
+@cuda.jit
 def softmax_backward_kernel(y, dy, out):
     """``out[r] = y[r] * (dy[r] - dot(dy[r], y[r]))`` for every row r."""
     sh = cuda.shared.array(ROW_THREADS, float32)

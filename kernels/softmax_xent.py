@@ -17,14 +17,14 @@ import math
 from numba import cuda, float32, int32, void
 
 from gpunn.backend import ops
-from gpunn.kernels.launch import ONE, ROW_THREADS, KernelSpec, row_config, jit
+from gpunn.kernels.launch import ONE, ROW_THREADS, KernelSpec, row_config
 from gpunn.kernels.softmax import row_max_sumexp
 
 cost = ops.softmax_cross_entropy_cost
 """FLOPs and bytes of one call, both kernels together (the op set's formula)."""
 
 
-@jit
+@cuda.jit
 def softmax_xent_kernel(logits, labels, grad, row_loss, inv_n):
     """Per row r: ``row_loss[r] = logsumexp(z) - z[label]``, ``grad[r] = (softmax(z) - onehot) * inv_n``."""
     sh = cuda.shared.array(ROW_THREADS, float32)

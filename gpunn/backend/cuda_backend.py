@@ -54,7 +54,7 @@ from gpunn.kernels import (
     softmax,
     softmax_xent,
 )
-from gpunn.kernels.launch import ELEMENTWISE_THREADS, ROW_THREADS, check_pow2_threads
+from gpunn.kernels.launch import ELEMENTWISE_THREADS, ROW_THREADS, check_pow2_threads, kernel_cache_dir
 
 #: bound op calls kept before the cache starts afresh (a loop over fresh arrays would grow it)
 MAX_BOUND = 4096
@@ -164,8 +164,10 @@ class CudaBackend(Backend):
         self._current_stream = lambda: cupy.cuda.get_current_stream().ptr
         os.environ["NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"] = "0"  # small test grids are fine
         config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
-        self._launcher = Launcher(spec for name in FAMILIES  # each family's KERNELS declare their signatures
-                                  for spec in importlib.import_module(f"gpunn.kernels.{name}").KERNELS)
+        device = cupy.cuda.Device()
+        self._launcher = Launcher((spec for name in FAMILIES  # each family's KERNELS declare their signatures
+                                   for spec in importlib.import_module(f"gpunn.kernels.{name}").KERNELS),
+                                  cc=divmod(int(device.compute_capability), 10), cache_dir=kernel_cache_dir())
         try:
             self._cublas = cublas.shared(cupy)
         except ImportError as exc:

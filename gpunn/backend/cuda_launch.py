@@ -8,7 +8,8 @@ training step spent 92% of its time there.  The cuda backend does that work once
 
 1. **Compile once.** Each kernel is compiled by Numba for the one signature its family
    declares (``KernelSpec.signatures[0]``, the signature the PTX checks compile too),
-   loaded from Numba's disk cache when it is there (``gpunn.kernels.launch.jit``).
+   and its cubin kept on disk (:class:`Launcher`): a second process loads it in a
+   millisecond instead of compiling for a second or more.
 2. **Flatten once.** :func:`flatten` turns the arguments into the kernel's parameters,
    exactly as Numba's own launch does (``_Kernel._prepare_args``): an array is its data
    model's fields, ``meminfo, parent, nitems, itemsize, data, shape..., strides...``
@@ -119,7 +120,7 @@ class CudaError(RuntimeError):
 
 
 class _Driver:
-    """The two driver entry points the launcher needs, through ctypes."""
+    """The few driver entry points the launcher needs, through ctypes."""
 
     def __init__(self):
         try:
@@ -129,22 +130,26 @@ class _Driver:
         launch = lib.cuLaunchKernel
         launch.restype = ctypes.c_int  # its arguments are passed as ctypes values (BoundLaunch): no argtypes
         self.launch = launch
-        self._get_function = getattr(lib, "cuKernelGetFunction", None)  # CUDA 12.0+
-        if self._get_function is not None:
-            self._get_function.restype = ctypes.c_int
-            self._get_function.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
+        self._load_data = lib.cuModuleLoadData
+        self._load_data.restype = ctypes.c_int
+        self._load_data.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p]
+        self._get_function = lib.cuModuleGetFunction
+        self._get_function.restype = ctypes.c_int
+        self._get_function.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_char_p]
         self._error_name = lib.cuGetErrorName
         self._error_name.restype = ctypes.c_int
         self._error_name.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
 
-    def function(self, handle: int) -> int:
-        """The current context's CUfunction of a library kernel (``CUkernel``, what cuda.core and
-        Numba load); a handle that is not one (an older loader's CUfunction) is returned as it is."""
-        if self._get_function is not None:
-            out = ctypes.c_void_p()
-            if self._get_function(ctypes.byref(out), handle) == 0 and out.value:
-                return out.value
-        return handle
+    def _check(self, code, what):
+        if code:
+            raise CudaError(f"{what} failed: {self.error_name(code)}")
+
+    def load(self, image: bytes, entry: bytes) -> int:
+        """The ``CUfunction`` named ``entry`` of a cubin, loaded into the current context (kept loaded)."""
+        module, function = ctypes.c_void_p(), ctypes.c_void_p()
+        self._check(self._load_data(ctypes.byref(module), image), "loading a kernel module")
+        self._check(self._get_function(ctypes.byref(function), module, entry), f"finding {entry.decode()}")
+        return function.value
 
     def error_name(self, code: int) -> str:
         name = ctypes.c_char_p()
@@ -211,26 +216,66 @@ def _launch_kernel(*args):
 
 
 class Launcher:
-    """Compiles each kernel once and launches it through cached :class:`BoundLaunch` es."""
+    """Compiles each kernel once (or loads it from the disk cache) and launches it through
+    cached :class:`BoundLaunch` es.
 
-    def __init__(self, specs):
+    The disk cache holds each kernel's cubin for the device's compute capability, under
+    ``cache_dir`` (``gpunn.kernels.launch.kernel_cache_dir()``: named by the kernels' source),
+    keyed by the kernel, its signature, the architecture and numba-cuda's version.  A process
+    that finds them loads each with one ``cuModuleLoadData``: no Numba compilation, not even
+    the typing set-up Numba does before loading its own cache (about a second).  What a
+    process runs is always a cubin loaded this way, whether it compiled it or read it."""
+
+    def __init__(self, specs, cc, cache_dir=None):
         #: dispatcher -> KernelSpec, for every kernel the backend may launch
         self.specs = {spec.kernel: spec for spec in specs}
+        self.cc = tuple(cc)  # (major, minor) of the device
+        self.cache_dir = cache_dir  # None: compile in every process
         self._compiled = {}  # dispatcher -> (function handle, argtypes, formats)
         self._bound = {}
 
     def compiled(self, kernel):
-        """``(function handle, argtypes, formats)`` of a kernel, compiling (or loading) it on first use."""
+        """``(function handle, argtypes, formats)`` of a kernel, loaded or compiled on first use."""
         entry = self._compiled.get(kernel)
         if entry is None:
             spec = self.specs[kernel]
-            compiled = kernel.compile(spec.signatures[0])  # from Numba's disk cache when there
-            compiled.bind()
-            handle = compiled.library.get_cufunc().handle  # a cuda-python object, or ctypes in older releases
-            function = driver().function(handle.value if hasattr(handle, "value") else int(handle))
-            argtypes = compiled.argument_types
-            entry = self._compiled[kernel] = (function, argtypes, param_formats(argtypes))
+            signature = spec.signatures[0]
+            argtypes = tuple(signature.args)
+            entry = self._compiled[kernel] = (self._function(spec, signature), argtypes, param_formats(argtypes))
         return entry
+
+    def cache_path(self, spec, signature):
+        """The cache file of one kernel, signature and architecture (None without a cache)."""
+        if self.cache_dir is None:
+            return None
+        import hashlib
+        from pathlib import Path
+
+        try:
+            import numba_cuda
+
+            version = numba_cuda.__version__
+        except (ImportError, AttributeError):  # pragma: no cover - numba-cuda always has it
+            version = "?"
+        key = hashlib.sha256(f"{spec.name}|{signature}|{self.cc}|numba-cuda {version}".encode()).hexdigest()[:16]
+        return Path(self.cache_dir) / f"{spec.name}-sm{self.cc[0]}{self.cc[1]}-{key}.cubin"
+
+    def _function(self, spec, signature) -> int:
+        path = self.cache_path(spec, signature)
+        if path is not None:
+            try:
+                entry, image = path.read_bytes().split(b"\n", 1)  # the entry's name, then the cubin
+                return driver().load(image, entry)
+            except (OSError, ValueError, CudaError):  # absent (or unreadable, or torn): compile it again
+                pass
+        compiled = spec.kernel.compile(signature)
+        cubin = compiled.library.get_cubin()
+        image = bytes(getattr(cubin, "code", cubin))  # a cuda.core ObjectCode, or bytes in older releases
+        entry = compiled.entry_name.encode()
+        function = driver().load(image, entry)
+        if path is not None:
+            _save(path, entry + b"\n" + image)
+        return function
 
     def bind(self, name, kernel, grid, block, args) -> BoundLaunch:
         """A launch of ``kernel`` with these arguments, flattened and packed now."""
@@ -247,3 +292,23 @@ class Launcher:
                 self._bound.clear()
             bound = self._bound[key] = self.bind(name, kernel, grid, block, args)
         bound(stream_arg(stream))
+
+
+def _save(path, data: bytes) -> None:
+    """Write a cache file whole or not at all (temp file, rename); a cache that cannot be
+    written (a read-only home) just means compiling again next time."""
+    import os
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass

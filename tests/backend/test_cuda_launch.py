@@ -154,3 +154,85 @@ def test_row_major_gemm_as_a_column_major_sgemm(m, k, n, trans_a, trans_b):
         sgemm_colmajor(transa, transb, cm, cn, ck, b.reshape(-1), lda, a.reshape(-1), ldb, beta,
                        out.reshape(-1), ldc)
         np.testing.assert_allclose(out, want + beta * out0, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+
+
+# ---------------------------------------------------------------------------- the kernel cache on disk
+class FakeCompiled:
+    entry_name = "_Z6kernelPf"
+
+    class library:  # noqa: N801 - numba's attribute name
+        @staticmethod
+        def get_cubin():
+            return b"\x7fELF cubin bytes\nwith a newline"
+
+
+class FakeKernel:
+    def __init__(self):
+        self.compiles = 0
+
+    def compile(self, signature):
+        self.compiles += 1
+        return FakeCompiled()
+
+
+class FakeDriver:
+    def __init__(self):
+        self.loaded = []
+
+    def load(self, image, entry):
+        self.loaded.append((image, entry))
+        return 0x1000 + len(self.loaded)
+
+
+@pytest.fixture
+def fake_driver(monkeypatch):
+    import gpunn.backend.cuda_launch as cl
+
+    d = FakeDriver()
+    monkeypatch.setattr(cl, "driver", lambda: d)
+    return d
+
+
+def spec_for(kernel):
+    from numba import float32, void
+
+    from gpunn.kernels.launch import KernelSpec
+
+    return KernelSpec("k", kernel, (void(float32[::1]),), 32, 0, "bias_act")
+
+
+def test_a_second_process_loads_the_cubin_instead_of_compiling(tmp_path, fake_driver):
+    pytest.importorskip("numba")
+    from gpunn.backend.cuda_launch import Launcher
+
+    kernel = FakeKernel()
+    first = Launcher([spec_for(kernel)], cc=(9, 0), cache_dir=tmp_path)
+    first.compiled(kernel)
+    assert kernel.compiles == 1
+    [path] = tmp_path.glob("k-sm90-*.cubin")
+    assert path.read_bytes() == b"_Z6kernelPf\n\x7fELF cubin bytes\nwith a newline"
+    second = Launcher([spec_for(kernel)], cc=(9, 0), cache_dir=tmp_path)  # a new process, as it were
+    function, argtypes, formats = second.compiled(kernel)
+    assert kernel.compiles == 1 and formats == "q" * 7
+    # what runs is what was saved, in both processes: the same image, the same entry
+    assert fake_driver.loaded == [(b"\x7fELF cubin bytes\nwith a newline", b"_Z6kernelPf")] * 2
+    assert Launcher([spec_for(kernel)], cc=(8, 0), cache_dir=tmp_path).cache_path(
+        spec_for(kernel), spec_for(kernel).signatures[0]) != path  # another architecture, another file
+
+
+def test_a_torn_or_unwritable_cache_means_compiling_again(tmp_path, fake_driver):
+    pytest.importorskip("numba")
+    from gpunn.backend.cuda_launch import Launcher
+
+    kernel = FakeKernel()
+    spec = spec_for(kernel)
+    launcher = Launcher([spec], cc=(9, 0), cache_dir=tmp_path)
+    launcher.cache_path(spec, spec.signatures[0]).write_bytes(b"no newline here")  # torn
+    launcher.compiled(kernel)
+    assert kernel.compiles == 1
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    Launcher([spec], cc=(9, 0), cache_dir=blocked / "under-a-file").compiled(kernel)  # cannot be written
+    assert kernel.compiles == 2
+    Launcher([spec], cc=(9, 0), cache_dir=None).compiled(kernel)
+    assert kernel.compiles == 3

@@ -255,3 +255,31 @@ def test_replaying_the_step_never_synchronises():
     assert host_s < 0.25, f"50 replays took {host_s:.3f} s on the host: something waited for the GPU"
     assert not queued.done, "the GPU had finished: a replay synchronised with it"
     trainer.backend.synchronize()  # and they ran without a fault
+
+
+def test_a_kernel_from_the_disk_cache_is_the_kernel_compiled(tmp_path, monkeypatch):
+    """A second launcher over the same cache folder loads the cubin the first one compiled
+    (compiling again fails this test) and computes the same bits, which are the reference's."""
+    from gpunn.backend.cuda_launch import Launcher
+    from gpunn.kernels import bias_act
+
+    be = cuda_backend()
+    rng = np.random.default_rng(3)
+    x, b = rng.standard_normal((33, 257)).astype(np.float32), rng.standard_normal(257).astype(np.float32)
+    want = np.empty_like(x)
+    REF.bias_act(x, b, "tanh", want)
+    dx, db = be.asarray(x), be.asarray(b)
+    grid, block = bias_act.launch_config(33, 257)
+    outs = []
+    for attempt in range(2):
+        launcher = Launcher(bias_act.KERNELS, cc=be._launcher.cc, cache_dir=tmp_path)
+        if attempt:
+            monkeypatch.setattr(bias_act.bias_act_kernel, "compile", lambda sig: pytest.fail("compiled again"))
+        out = be.empty(x.shape)
+        launcher.launch("bias_act", bias_act.bias_act_kernel, grid, block,
+                        (dx.reshape(-1), db, out.reshape(-1), np.int32(bias_act.TANH), np.int32(1)),
+                        be._current_stream())
+        outs.append(be.to_numpy(out))
+    assert len(list(tmp_path.glob("bias_act-sm*.cubin"))) == 1
+    assert outs[0].tobytes() == outs[1].tobytes()
+    np.testing.assert_allclose(outs[0], want, rtol=2e-6, atol=1e-6)

@@ -155,25 +155,12 @@ def data_folder(args):
 
 
 def load_data(args):
-    import numpy as np
+    """The CPU benchmark's data (MNIST, or --synthetic clusters): one loader for both benchmarks."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train_speed import load_data as load
 
-    from gpunn.data import Dataset, load_mnist
-
-    if args.synthetic:
-        rng = np.random.default_rng(0)
-        n, m = args.synthetic, max(1, args.synthetic // 5)
-        centers = rng.random((10, 784), dtype=np.float32)
-
-        def split(k):
-            y = rng.integers(0, 10, k).astype(np.int32)
-            x = np.clip(centers[y] + 0.3 * rng.standard_normal((k, 784), dtype=np.float32), 0, 1)
-            return x.astype(np.float32), y
-
-        (tx, ty), (vx, vy) = split(n), split(m)
-        return Dataset(tx, ty, vx, vy, 10, "synthetic", "random clusters"), f"synthetic ({n} train, {m} test)"
-    folder = data_folder(args)
-    d = load_mnist(folder, download=False, progress=False, train_samples=args.train_samples)
-    return d, f"{d.name or 'MNIST-format'} from {folder} ({len(d.train_y)} train, {len(d.test_y)} test)"
+    args.data = str(data_folder(args))
+    return load(args)
 
 
 def describe_device(backend):

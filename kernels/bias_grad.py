@@ -38,6 +38,25 @@ cost = ops.bias_grad_cost
 act_cost = ops.act_bias_backward_cost
 
 
+@cuda.jit(device=True)
+def tile_sum(sh, acc, partial, chunk, col, d):
+    """Add the block's ROW_LANES row-lane sums of its column tile in a shared-memory tree
+    (a fixed order) and write ``partial[chunk, col]``; all threads of the block call it."""
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    sh[ty, tx] = acc
+    cuda.syncthreads()
+    s = ROW_LANES // 2
+    while s > 0:
+        if ty < s:
+            sh[ty, tx] += sh[ty + s, tx]
+        cuda.syncthreads()
+        s //= 2
+    if ty == 0 and col < d:
+        partial[chunk, col] = sh[0, tx]
+    cuda.syncthreads()  # sh is reused by the next tile
+
+
 @cuda.jit
 def bias_grad_partial_kernel(dy, partial, rows_per_chunk):
     """``partial[chunk, col] = sum of dy[r, col]`` over the chunk's rows, in a fixed order."""
@@ -54,17 +73,7 @@ def bias_grad_partial_kernel(dy, partial, rows_per_chunk):
         if col < d:
             for r in range(start + ty, stop, ROW_LANES):
                 acc += dy[r, col]
-        sh[ty, tx] = acc
-        cuda.syncthreads()
-        s = ROW_LANES // 2
-        while s > 0:
-            if ty < s:
-                sh[ty, tx] += sh[ty + s, tx]
-            cuda.syncthreads()
-            s //= 2
-        if ty == 0 and col < d:
-            partial[chunk, col] = sh[0, tx]
-        cuda.syncthreads()  # sh is reused by the next tile
+        tile_sum(sh, acc, partial, chunk, col, d)
 
 
 @cuda.jit
@@ -87,17 +96,7 @@ def act_bias_grad_partial_kernel(y, dy, act, dz, partial, rows_per_chunk):
                 g = act_grad(dy[r, col], y[r, col], act)
                 dz[r, col] = g
                 acc += g
-        sh[ty, tx] = acc
-        cuda.syncthreads()
-        s = ROW_LANES // 2
-        while s > 0:
-            if ty < s:
-                sh[ty, tx] += sh[ty + s, tx]
-            cuda.syncthreads()
-            s //= 2
-        if ty == 0 and col < d:
-            partial[chunk, col] = sh[0, tx]
-        cuda.syncthreads()  # sh is reused by the next tile
+        tile_sum(sh, acc, partial, chunk, col, d)
 
 
 @cuda.jit

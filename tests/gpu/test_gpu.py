@@ -69,6 +69,15 @@ extern "C" __global__ void spin(long long cycles) {
 """
 
 
+def queue_spin(seconds):
+    """Queue a kernel that keeps the GPU busy for about ``seconds``, and return at once."""
+    import cupy
+
+    spin = cupy.RawKernel(SPIN, "spin")
+    cycles = int(cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["clockRate"] * 1e3 * seconds)
+    spin((1,), (1,), (np.int64(cycles),))
+
+
 class Mlp:
     """A 2-layer MLP's buffers, all allocated once, and one SGD step through backend ops."""
 
@@ -115,10 +124,8 @@ def test_a_training_step_does_not_synchronise(gemm):
     mlp = Mlp(be)
     mlp.step()  # first call compiles the kernels
     be.synchronize()
-    spin = cupy.RawKernel(SPIN, "spin")
     spin_s = 0.5
-    cycles = int(cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["clockRate"] * 1e3 * spin_s)
-    spin((1,), (1,), (np.int64(cycles),))
+    queue_spin(spin_s)
     start = time.perf_counter()
     with cupyx.allow_synchronize(False):
         for _ in range(3):
@@ -145,9 +152,7 @@ def test_the_trainers_step_does_not_synchronise():
     xb, yb = trainer.train_x[:128], trainer.train_y[:128]
     trainer.train_step(xb, yb, 0.01)  # compiles the kernels
     trainer.backend.synchronize()
-    spin = cupy.RawKernel(SPIN, "spin")
-    cycles = int(cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["clockRate"] * 1e3 * 0.5)
-    spin((1,), (1,), (np.int64(cycles),))
+    queue_spin(0.5)
     start = time.perf_counter()
     with cupyx.allow_synchronize(False):
         for _ in range(3):
@@ -242,9 +247,7 @@ def test_replaying_the_step_never_synchronises():
     assert trainer._graphs, trainer.graphs_note
     trainer.backend.upload(np.zeros(2, np.int32), trainer._cursor)  # the 50 replays stay within the epoch
     trainer.backend.synchronize()
-    spin = cupy.RawKernel(SPIN, "spin")
-    cycles = int(cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["clockRate"] * 1e3 * 0.5)
-    spin((1,), (1,), (np.int64(cycles),))
+    queue_spin(0.5)
     start = time.perf_counter()
     with cupyx.allow_synchronize(False):
         for _ in range(50):

@@ -472,8 +472,7 @@ def _peak_backend():
 
 
 def register_cli(sub):
-    from gpunn.cli import add_threads_option, nonneg_float, nonneg_int, positive_int
-    from gpunn.profile import _peak_options
+    from gpunn.options import add_peak_options, add_threads_option, nonneg_float, nonneg_int, positive_int
 
     p = sub.add_parser("bench", help="one kernel across sizes: every variant validated, then timed (GB/s, GFLOP/s)",
                        description="Sweep one kernel across sizes: every variant (numpy, ours, the CuPy/cuBLAS "
@@ -488,7 +487,7 @@ def register_cli(sub):
     p.add_argument("--momentum", type=nonneg_float, default=0.9, help="sgd: momentum, Nesterov when > 0 (default: 0.9)")
     p.add_argument("--reps", type=positive_int, default=20, help="timed calls per variant and size; the median is reported (default: 20)")
     p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed calls first (default: 3)")
-    _peak_options(p)
+    add_peak_options(p)
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG plot (needs matplotlib)")
     add_threads_option(p)

@@ -772,17 +772,9 @@ def format_kernels(rows) -> str:
 # ---------------------------------------------------------------------------- command line
 
 
-def _peak_options(p):
-    from gpunn.cli import positive_float
-
-    p.add_argument("--peak-gflops", type=positive_float, metavar="X", help="peak GFLOP/s of the roofline (default: measured or looked up)")
-    p.add_argument("--peak-gbs", type=positive_float, metavar="X", help="peak memory bandwidth in GB/s (default: measured or looked up)")
-    p.add_argument("--recalibrate", action="store_true", help="CPU: measure the peaks again instead of using the cached ones")
-
-
 def cmd_profile(args):
     from gpunn.output import check_writable
-    from gpunn.cli import make_backend, train_config
+    from gpunn.options import make_backend, train_config
 
     check_writable(args.json, args.csv, args.trace)
     cfg = train_config(args)
@@ -817,10 +809,10 @@ def cmd_kernels(args):
 
 
 def register_cli(sub):
-    from gpunn.cli import _number, add_backend_options, add_model_options, nonneg_int, positive_int
+    from gpunn.options import add_backend_options, add_model_options, add_peak_options, nonneg_int, number, positive_int
     from gpunn.train import TrainConfig
 
-    block_size = _number(int, lambda v: 1 <= v <= 1024, "a block size of 1 to 1024 threads (CUDA's limit)")
+    block_size = number(int, lambda v: 1 <= v <= 1024, "a block size of 1 to 1024 threads (CUDA's limit)")
 
     p = sub.add_parser("profile", help="time one training step op by op, against the device's roofline",
                        description="Profile one training step of the model (same options as gpunn train) on a "
@@ -831,7 +823,7 @@ def register_cli(sub):
     p.add_argument("--reps", type=positive_int, default=20, help="timed steps; each op's time is the median (default: 20)")
     p.add_argument("--warmup", type=nonneg_int, default=3, metavar="N", help="untimed steps first (default: 3)")
     p.add_argument("--sort", choices=("step", "time"), default="step", help="order of the rows: as in the step, or slowest first")
-    _peak_options(p)
+    add_peak_options(p)
     p.add_argument("--json", metavar="PATH", help="write the profile as JSON")
     p.add_argument("--csv", metavar="PATH", help="write the table as CSV")
     p.add_argument("--trace", metavar="PATH", help="write the steps in Chrome's trace-event format (open in Perfetto or chrome://tracing)")

@@ -229,7 +229,7 @@ class Variant:
 
 def variants_for(kernel: BenchKernel, options: dict, wanted=None) -> tuple[list[Variant], str]:
     """The variants that can run here, and a line saying why any are missing."""
-    from gpunn.profile import CudaEvents, WallClock
+    from gpunn.instrument import CudaEvents, WallClock
 
     out = []
     np_be = NumpyBackend()
@@ -427,7 +427,7 @@ def plot_png(res: BenchResult) -> bytes:
 
 def cmd_bench(args):
     from gpunn.output import check_writable, write_bytes, write_json
-    from gpunn.profile import simulator_on
+    from gpunn.instrument import simulator_on
     from gpunn.roofline import peaks_for
 
     from gpunn.backend import check_backend_name

@@ -34,10 +34,10 @@ from gpunn import checkpoint
 from gpunn.backend import get_backend
 from gpunn.data import batch_slices, epoch_permutation
 from gpunn.errors import CheckpointError, DataError, TrainingDiverged
+from gpunn.instrument import annotate_nvtx
 from gpunn.layers import mlp
 from gpunn.losses import LOSSES, get_loss
 from gpunn.optim import SGD, Schedule
-from gpunn.profile import annotate_nvtx
 
 
 @dataclass

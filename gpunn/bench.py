@@ -371,7 +371,7 @@ def bench(kernel: BenchKernel, sizes, options, reps=20, warmup=3, wanted=None, p
 
 
 def format_bench(res: BenchResult) -> str:
-    from gpunn.profile import text_table
+    from gpunn.report import text_table
 
     lines = [f"gpunn bench {res.kernel}: {res.metric} (higher is better)"
              + (f"; peak {res.peak:,.1f} {res.metric} ({res.peak_source})" if res.peak else "")]

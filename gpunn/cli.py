@@ -205,9 +205,9 @@ def build_parser():
 def _extra_commands():
     """The tools beside train and eval, each a command in its own module: they import the
     options they share from :mod:`gpunn.options`, never this module."""
-    from gpunn import bench, profile
+    from gpunn import bench, profile, resources
 
-    return [profile.register_cli, bench.register_cli]
+    return [profile.register_cli, resources.register_cli, bench.register_cli]
 
 
 def report_errors(prog, func, *args):

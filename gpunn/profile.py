@@ -1,12 +1,10 @@
-"""Profiling: one training step op by op (``gpunn profile``), and what each kernel costs
-a GPU without running it (``gpunn kernels``).
+"""``gpunn profile``: one training step, op by op, against the device's roofline.
 
 Usage::
 
     gpunn profile --backend numpy                      # the default model, batch 128, on the CPU
     gpunn profile --hidden 1024,1024 --batch-size 512 --json p.json --csv p.csv --trace p.trace.json
     NUMBA_ENABLE_CUDASIM=1 gpunn profile --backend cuda --hidden 16 --batch-size 8   # launch trace
-    gpunn kernels --arch sm_90                         # registers, shared memory, spills, occupancy
 
 How ``gpunn profile`` measures.  :class:`gpunn.instrument.OpRecorder` replaces the op implementations
 of one backend *instance* (``be._gemm``, ``be._softmax_cross_entropy``, ...) with
@@ -43,10 +41,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpunn.errors import GpunnError
 from gpunn.instrument import OpRecorder, cuda_profiler_range, make_timer, nvtx_ranges
+from gpunn.options import (
+    add_backend_options,
+    add_model_options,
+    add_peak_options,
+    make_backend,
+    nonneg_int,
+    positive_int,
+    train_config,
+)
 from gpunn.output import check_writable, write_json, write_text
-from gpunn.report import chrome_trace, format_profile, jsonable, profile_csv, summarize, text_table, total_row
+from gpunn.report import chrome_trace, format_profile, jsonable, profile_csv, summarize, total_row
 from gpunn.roofline import Peaks, peaks_for
 
 MNIST_FEATURES, MNIST_CLASSES = 784, 10
@@ -165,57 +171,10 @@ def time_graph_step(trainer, reps: int):
     return (time.perf_counter() - t0) / reps, None
 
 
-# ---------------------------------------------------------------------------- gpunn kernels
-
-
-def kernel_rows(arch: str = "sm_90", block: int | None = None) -> list[dict]:
-    """One row per kernel: ptxas's resources on ``arch`` and the theoretical occupancy at the
-    block size the backend launches it with (or ``block``)."""
-    from gpunn.occupancy import normalize_arch, occupancy
-
-    arch = normalize_arch(arch)
-    try:
-        from gpunn import ptx
-
-        records = ptx.kernel_report([arch])
-    except ImportError as exc:
-        raise GpunnError(f'gpunn kernels needs numba and numba-cuda ({exc.name or exc}); '
-                         'install them with: pip install "gpunn[sim]"') from None
-    except RuntimeError as exc:  # ptxas missing or failing
-        raise GpunnError(str(exc).strip().splitlines()[-1]) from None
-    rows = []
-    for r in records:
-        threads = int(block or r["block"])
-        occ = occupancy(arch, threads, r["registers"], r["shared_bytes"])
-        rows.append({"kernel": r["kernel"], "op": r["op"], "module": r["module"], "signature": r["signature"],
-                     "arch": arch, "block": threads, "registers": r["registers"],
-                     "shared_bytes": r["shared_bytes"], "spill_store_bytes": r["spill_store_bytes"],
-                     "spill_load_bytes": r["spill_load_bytes"], "stack_frame_bytes": r["stack_frame_bytes"],
-                     "f64_instructions": len(r["f64_lines"]), "blocks_per_sm": occ.blocks_per_sm,
-                     "warps_per_sm": occ.warps_per_sm, "max_warps_per_sm": occ.max_warps_per_sm,
-                     "occupancy_percent": occ.percent, "limited_by": list(occ.limited_by)})
-    return rows
-
-
-def format_kernels(rows) -> str:
-    headers = ("kernel", "op", "arch", "block", "regs", "smem B", "spill st/ld B", "stack B", "blocks/SM",
-               "warps/SM", "occupancy", "limited by")
-    cells = [[r["kernel"], r["op"], r["arch"], str(r["block"]), str(r["registers"]), str(r["shared_bytes"]),
-              f"{r['spill_store_bytes']}/{r['spill_load_bytes']}", str(r["stack_frame_bytes"]),
-              str(r["blocks_per_sm"]), f"{r['warps_per_sm']}/{r['max_warps_per_sm']}",
-              f"{r['occupancy_percent']:.3g}%", ", ".join(r["limited_by"])] for r in rows]
-    note = ("block: the most threads the backend launches the kernel with; the row-wise kernels (softmax, "
-            "softmax_xent, mse, count_correct) use the smallest power of two >= the row width, at least 32 "
-            "(32 for 10 classes): --block N shows another size, and `gpunn profile` in the simulator every launch.")
-    return text_table(headers, cells, right=headers[3:10]) + "\n" + note
-
-
 # ---------------------------------------------------------------------------- command line
 
 
 def cmd_profile(args):
-    from gpunn.options import make_backend, train_config
-
     check_writable(args.json, args.csv, args.trace)
     cfg = train_config(args)
     backend = make_backend(args)
@@ -231,25 +190,8 @@ def cmd_profile(args):
     return 0
 
 
-def cmd_kernels(args):
-    from gpunn.occupancy import ARCHS, normalize_arch
-
-    check_writable(args.json)
-    archs = [normalize_arch(a) for a in args.arch.split(",") if a.strip()]
-    if not archs:
-        raise GpunnError(f"--arch names no architecture: {args.arch!r}")
-    rows = [row for arch in archs for row in kernel_rows(arch, args.block)]
-    print(format_kernels(rows))
-    if args.json:
-        write_json(args.json, {"archs": {a: ARCHS[a]._asdict() for a in archs}, "kernels": rows})
-    return 0
-
-
 def register_cli(sub):
-    from gpunn.options import add_backend_options, add_model_options, add_peak_options, nonneg_int, number, positive_int
     from gpunn.train import TrainConfig
-
-    block_size = number(int, lambda v: 1 <= v <= 1024, "a block size of 1 to 1024 threads (CUDA's limit)")
 
     p = sub.add_parser("profile", help="time one training step op by op, against the device's roofline",
                        description="Profile one training step of the model (same options as gpunn train) on a "
@@ -265,12 +207,3 @@ def register_cli(sub):
     p.add_argument("--csv", metavar="PATH", help="write the table as CSV")
     p.add_argument("--trace", metavar="PATH", help="write the steps in Chrome's trace-event format (open in Perfetto or chrome://tracing)")
     p.set_defaults(func=cmd_profile)
-
-    p = sub.add_parser("kernels", help="registers, shared memory, spills and occupancy of every kernel (no GPU needed)",
-                       description="Compile every kernel to PTX, ask ptxas for its resources on an architecture, "
-                                   "and compute the theoretical occupancy at the backend's block size.")
-    p.add_argument("--arch", default="sm_90", help="architecture(s), comma-separated: sm_70, sm_75, sm_80, sm_86, sm_89, sm_90 (default: sm_90)")
-    p.add_argument("--block", type=block_size, metavar="N",
-                   help="threads per block for the occupancy, at most 1024 (default: the backend's)")
-    p.add_argument("--json", metavar="PATH", help="write the rows as JSON")
-    p.set_defaults(func=cmd_kernels)

@@ -34,8 +34,9 @@ import numpy as np
 
 from gpunn.backend import check_backend_name, get_backend, ops
 from gpunn.backend.numpy_backend import NumpyBackend
+from gpunn.env import simulator_on
 from gpunn.errors import GpunnError
-from gpunn.instrument import CudaEvents, WallClock, simulator_on
+from gpunn.instrument import CudaEvents, WallClock
 from gpunn.options import add_peak_options, add_threads_option, nonneg_float, nonneg_int, positive_int
 from gpunn.output import check_writable, write_bytes, write_json
 from gpunn.report import text_table
@@ -240,11 +241,11 @@ def variants_for(kernel: BenchKernel, options: dict, wanted=None) -> tuple[list[
                        np.asarray, WallClock))
     note = ""
     try:
-        from gpunn.backend.cuda_backend import CudaBackend, cuda_unavailable_reason, simulator_enabled
+        from gpunn.backend.cuda_backend import CudaBackend, cuda_unavailable_reason
     except ImportError as exc:
         note = f"only numpy: the GPU packages are not installed ({exc.name or exc})"
     else:
-        if simulator_enabled():
+        if simulator_on():
             be = CudaBackend(gemm="numba")
             out.append(Variant("ours", be.describe(), lambda a: kernel.run(be, a, options), lambda x: x.copy(),
                                np.asarray, None))

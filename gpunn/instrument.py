@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -172,17 +171,6 @@ class CudaEvents:
         for s, start, end in self._pending:
             s.start, s.seconds = elapsed(self.origin, start) / 1e3, elapsed(start, end) / 1e3
         self._pending.clear()
-
-
-def simulator_on() -> bool:
-    """True when Numba's CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1) and the cuda backend imports."""
-    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() in ("", "0"):
-        return False
-    try:
-        from gpunn.backend.cuda_backend import simulator_enabled
-    except ImportError:
-        return False
-    return simulator_enabled()
 
 
 def make_timer(backend):

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 
+from gpunn.env import simulator_on
 from gpunn.kernels import FAMILIES
 
 #: The kernel families, one module of gpunn.kernels each.
@@ -206,9 +207,7 @@ def kernel_report(archs=DEFAULT_ARCHS, ptxas: bool = True) -> list[dict]:
 
     Runs in a subprocess when this process has the CUDA simulator on."""
     archs = [a if a.startswith("sm_") else "sm_%d%d" % parse_arch(a) for a in archs]
-    from gpunn.backend.cuda_backend import simulator_enabled
-
-    if not simulator_enabled():
+    if not simulator_on():
         return _report_here(archs, ptxas)
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
     cmd = [sys.executable, "-m", "gpunn.ptx", "--arch", ",".join(archs), "--json"]

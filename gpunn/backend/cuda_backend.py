@@ -39,6 +39,7 @@ from numba import cuda
 from gpunn.backend.base import Backend
 from gpunn.backend.cuda_launch import Launcher, stream_arg
 from gpunn.backend.numpy_backend import NumpyBackend
+from gpunn.env import simulator_on
 from gpunn.errors import BackendUnavailable, GraphUnavailable
 from gpunn.kernels import (
     FAMILIES,
@@ -65,17 +66,12 @@ f32, i32, i64 = np.float32, np.int32, np.int64
 
 
 
-def simulator_enabled() -> bool:
-    """True when Numba's CUDA simulator replaced ``numba.cuda`` in this process."""
-    return cuda.jit.__module__.startswith("numba.cuda.simulator")
-
-
 @functools.lru_cache(maxsize=1)
 def cuda_unavailable_reason() -> str | None:
     """None when a real GPU with CuPy is usable here; otherwise why not, in words.
 
     The simulator counts as unavailable: ``auto`` must only pick a real GPU."""
-    if simulator_enabled():
+    if simulator_on():
         return "NUMBA_ENABLE_CUDASIM=1 is set, and auto does not pick the CUDA simulator"
     try:
         import cupy
@@ -129,7 +125,7 @@ class CudaBackend(Backend):
         self.threads = check_pow2_threads(threads or ROW_THREADS)
         self.elementwise_threads = min(self.threads, ELEMENTWISE_THREADS)
         self.max_blocks = max_blocks
-        self.simulated = simulator_enabled()
+        self.simulated = simulator_on()
         self.launch_hooks: list[Callable] = []
         self._ws = {}
         self._bound = {}  # op call -> its bound launches (see _queue)

@@ -33,6 +33,7 @@ import tempfile
 
 from gpunn.env import simulator_on
 from gpunn.kernels import FAMILIES
+from gpunn.occupancy import arch_name, parse_arch
 
 #: The kernel families, one module of gpunn.kernels each.
 KERNEL_MODULES = FAMILIES
@@ -46,14 +47,6 @@ F64_RE = re.compile(r"^\s*(?:@!?%\w+\s+)?[a-z]+(?:\.[a-z0-9]+)*\.f64\b|\.reg\s+\
 
 class PtxasMissing(RuntimeError):
     """ptxas was not found (install the cu12 extra: ``pip install "numba-cuda[cu12]"``)."""
-
-
-def parse_arch(arch: str) -> tuple[int, int]:
-    """``"sm_90"`` (or ``"9.0"``, ``"90"``) -> ``(9, 0)``."""
-    digits = arch.lower().removeprefix("sm_").removeprefix("compute_").replace(".", "")
-    if not digits.isdigit() or len(digits) < 2:
-        raise ValueError(f"not a compute capability: {arch!r} (expected e.g. sm_90)")
-    return int(digits[:-1]), int(digits[-1])
 
 
 def kernel_specs():
@@ -206,7 +199,7 @@ def kernel_report(archs=DEFAULT_ARCHS, ptxas: bool = True) -> list[dict]:
     """One record per (kernel, signature, arch); see the module docstring.
 
     Runs in a subprocess when this process has the CUDA simulator on."""
-    archs = [a if a.startswith("sm_") else "sm_%d%d" % parse_arch(a) for a in archs]
+    archs = [arch_name(a) for a in archs]
     if not simulator_on():
         return _report_here(archs, ptxas)
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")

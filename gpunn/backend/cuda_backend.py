@@ -56,6 +56,7 @@ from gpunn.kernels import (
     softmax_xent,
 )
 from gpunn.kernels.launch import ELEMENTWISE_THREADS, ROW_THREADS, check_pow2_threads, kernel_cache_dir
+from gpunn.occupancy import parse_arch
 
 #: bound op calls kept before the cache starts afresh (a loop over fresh arrays would grow it)
 MAX_BOUND = 4096
@@ -163,7 +164,7 @@ class CudaBackend(Backend):
         device = cupy.cuda.Device()
         self._launcher = Launcher((spec for name in FAMILIES  # each family's KERNELS declare their signatures
                                    for spec in importlib.import_module(f"gpunn.kernels.{name}").KERNELS),
-                                  cc=divmod(int(device.compute_capability), 10), cache_dir=kernel_cache_dir())
+                                  cc=parse_arch(device.compute_capability), cache_dir=kernel_cache_dir())
         try:
             self._cublas = cublas.shared(cupy)
         except ImportError as exc:

@@ -34,6 +34,7 @@ import tempfile
 from gpunn.env import simulator_on
 from gpunn.kernels import FAMILIES
 from gpunn.occupancy import arch_name, parse_arch
+from gpunn.report import text_table
 
 #: The kernel families, one module of gpunn.kernels each.
 KERNEL_MODULES = FAMILIES
@@ -219,10 +220,7 @@ def format_table(records) -> str:
             "shared_bytes", "f64")
     rows = [[str(r.get(c, len(r["f64_lines"]) if c == "f64" else "")) for c in cols] for r in records]
     heads = ["kernel", "arch", "block", "regs", "spill st", "spill ld", "stack", "smem", "f64"]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(heads)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
+    return text_table(heads, rows, rule=False)
 
 
 def main(argv=None) -> int:

@@ -91,14 +91,15 @@ def _fmt(v, spec, missing="-"):
     return missing if v is None else format(v, spec)
 
 
-def text_table(headers, rows, right=()) -> str:
-    """Rows of strings as aligned columns; columns named in ``right`` are right-aligned."""
+def text_table(headers, rows, right=(), rule=True) -> str:
+    """Rows of strings as aligned columns; columns named in ``right`` are right-aligned; a line
+    of dashes under the headers unless ``rule`` is false."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def fmt(cells):
         return "  ".join(c.rjust(w) if h in right else c.ljust(w) for c, w, h in zip(cells, widths, headers)).rstrip()
 
-    return "\n".join([fmt(headers), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+    return "\n".join([fmt(headers), *([fmt(["-" * w for w in widths])] if rule else []), *map(fmt, rows)])
 
 
 PROFILE_COLUMNS = ("#", "op", "variant", "shapes", "calls", "kernels", "time µs", "FLOPs", "bytes", "GFLOP/s",

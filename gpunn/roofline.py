@@ -33,6 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from gpunn.backend.ops import Cost
+from gpunn.env import cache_dir
 
 
 class Peaks(NamedTuple):
@@ -67,14 +68,6 @@ def percent_of_peak(cost: Cost, seconds: float, peaks: Peaks) -> float:
 
 
 # ---------------------------------------------------------------------------- the CPU
-
-
-def cache_dir() -> Path:
-    """``$GPUNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/gpunn``, else ``~/.cache/gpunn``."""
-    if os.environ.get("GPUNN_CACHE_DIR"):
-        return Path(os.environ["GPUNN_CACHE_DIR"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "gpunn"
 
 
 def cpu_model() -> str:

@@ -39,7 +39,7 @@ from numba import cuda
 from gpunn.backend.base import Backend
 from gpunn.backend.cuda_launch import Launcher, stream_arg
 from gpunn.backend.numpy_backend import NumpyBackend
-from gpunn.env import simulator_on
+from gpunn.env import cache_dir, simulator_on
 from gpunn.errors import BackendUnavailable, GraphUnavailable
 from gpunn.kernels import (
     FAMILIES,
@@ -55,7 +55,7 @@ from gpunn.kernels import (
     softmax,
     softmax_xent,
 )
-from gpunn.kernels.launch import ELEMENTWISE_THREADS, ROW_THREADS, check_pow2_threads, kernel_cache_dir
+from gpunn.kernels.launch import ELEMENTWISE_THREADS, ROW_THREADS, check_pow2_threads, source_digest
 from gpunn.occupancy import parse_arch
 
 #: bound op calls kept before the cache starts afresh (a loop over fresh arrays would grow it)
@@ -164,7 +164,7 @@ class CudaBackend(Backend):
         device = cupy.cuda.Device()
         self._launcher = Launcher((spec for name in FAMILIES  # each family's KERNELS declare their signatures
                                    for spec in importlib.import_module(f"gpunn.kernels.{name}").KERNELS),
-                                  cc=parse_arch(device.compute_capability), cache_dir=kernel_cache_dir())
+                                  cc=parse_arch(device.compute_capability), cache_dir=cache_dir("kernels", source_digest()))
         try:
             self._cublas = cublas.shared(cupy)
         except ImportError as exc:

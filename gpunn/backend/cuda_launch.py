@@ -220,7 +220,7 @@ class Launcher:
     cached :class:`BoundLaunch` es.
 
     The disk cache holds each kernel's cubin for the device's compute capability, under
-    ``cache_dir`` (``gpunn.kernels.launch.kernel_cache_dir()``: named by the kernels' source),
+    ``cache_dir`` (the cuda backend gives ``gpunn.env.cache_dir("kernels", <kernels source digest>)``),
     keyed by the kernel, its signature, the architecture and numba-cuda's version.  A process
     that finds them loads each with one ``cuModuleLoadData``: no Numba compilation, not even
     the typing set-up Numba does before loading its own cache (about a second).  What a

@@ -13,6 +13,7 @@ import dataclasses
 import math
 
 from gpunn.errors import GpunnError
+from gpunn.optim import valid_learning_rate
 
 
 def number(cast, ok, what):
@@ -34,6 +35,7 @@ positive_int = number(int, lambda v: v > 0, "a positive integer")
 positive_float = number(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
 nonneg_float = number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 nonneg_int = number(int, lambda v: v >= 0, "an integer >= 0")
+learning_rate = number(float, valid_learning_rate, "a positive finite number")
 
 
 def hidden_sizes(text):
@@ -99,7 +101,7 @@ def add_model_options(p, defaults):
                    help="last layer's activation (default: identity for cross-entropy, sigmoid for mse)")
     p.add_argument("--epochs", type=positive_int, default=None, help=f"epochs (default: {defaults.epochs})")
     p.add_argument("--batch-size", type=positive_int, default=None, help=f"mini-batch size (default: {defaults.batch_size})")
-    p.add_argument("--lr", type=positive_float, default=None, help=f"learning rate (default: {defaults.lr})")
+    p.add_argument("--lr", type=learning_rate, default=None, help=f"learning rate (default: {defaults.lr})")
     p.add_argument("--momentum", type=nonneg_float, default=None, help=f"SGD momentum (default: {defaults.momentum})")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help=f"Nesterov momentum (default: {defaults.nesterov})")
     p.add_argument("--weight-decay", type=nonneg_float, default=None, help=f"L2 weight decay (default: {defaults.weight_decay})")

@@ -37,7 +37,7 @@ from gpunn.errors import CheckpointError, DataError, TrainingDiverged
 from gpunn.instrument import annotate_nvtx
 from gpunn.layers import mlp
 from gpunn.losses import LOSSES, get_loss
-from gpunn.optim import SGD, Schedule
+from gpunn.optim import SGD, Schedule, valid_learning_rate
 
 
 @dataclass
@@ -75,7 +75,7 @@ class TrainConfig:
             raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        if not valid_learning_rate(self.lr):
             raise ValueError(f"learning rate must be a positive number, got {self.lr!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")

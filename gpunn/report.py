@@ -16,7 +16,7 @@ from collections import Counter
 import numpy as np
 
 from gpunn.backend.ops import Cost
-from gpunn.roofline import bound, roofline_seconds
+from gpunn.roofline import bound, percent_of_bound, percent_of_peak, roofline_seconds
 
 
 def format_shape(shape) -> str:
@@ -58,7 +58,7 @@ def summarize(steps, peaks, meaningful=True, sort="step") -> list[dict]:
                "gbs": cost.bytes / seconds / 1e9 if seconds else None,
                "bound": bound(cost, peaks) if peaks else None,
                "roofline_seconds": roofline_seconds(cost, peaks) if peaks else None,
-               "percent_of_peak": 100 * roofline_seconds(cost, peaks) / seconds if peaks and seconds else None,
+               "percent_of_peak": percent_of_peak(cost, seconds, peaks) if peaks and seconds else None,
                "host_bound_samples": host_bound[key]}
         rows.append(row)
     total = sum(r["seconds"] for r in rows) if meaningful else 0
@@ -76,7 +76,7 @@ def total_row(rows, peaks) -> dict:
     return {"op": "total", "calls": sum(r["calls"] for r in rows), "launches": sum(r["launches"] for r in rows),
             "seconds": seconds, "flops": flops, "bytes": nbytes,
             "gflops": flops / seconds / 1e9 if seconds else None, "gbs": nbytes / seconds / 1e9 if seconds else None,
-            "percent_of_peak": 100 * roof / seconds if roof and seconds else None,
+            "percent_of_peak": percent_of_bound(roof, seconds) if roof and seconds else None,
             "share": sum(r["share"] for r in rows) if seconds else None}
 
 

@@ -64,7 +64,13 @@ def bound(cost: Cost, peaks: Peaks) -> str:
 
 def percent_of_peak(cost: Cost, seconds: float, peaks: Peaks) -> float:
     """Achieved performance as a percentage of the roofline bound that applies."""
-    return 100.0 * roofline_seconds(cost, peaks) / seconds if seconds > 0 else float("nan")
+    return percent_of_bound(roofline_seconds(cost, peaks), seconds)
+
+
+def percent_of_bound(least_seconds: float, seconds: float) -> float:
+    """The least time the roofline allows (one op's, or a sum of them) as a percentage of the
+    time taken: 100 at the roofline."""
+    return 100.0 * least_seconds / seconds if seconds > 0 else float("nan")
 
 
 # ---------------------------------------------------------------------------- the CPU

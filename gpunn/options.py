@@ -12,8 +12,14 @@ import contextlib
 import dataclasses
 import math
 
+from gpunn.backend.cublas import GEMM_IMPLEMENTATIONS
+from gpunn.backend.ops import ACTIVATIONS
 from gpunn.errors import GpunnError
-from gpunn.optim import valid_learning_rate
+from gpunn.losses import LOSSES
+from gpunn.optim import Schedule, valid_learning_rate
+
+#: ``--activation``: the activations a hidden layer may have (identity would collapse the network).
+HIDDEN_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "identity")
 
 
 def number(cast, ok, what):
@@ -66,7 +72,7 @@ def add_backend_options(p):
 
     p.add_argument("--backend", choices=backend_names(), default=None,
                    help="array backend (default: $GPUNN_BACKEND, else auto: cuda when a GPU is present, else numpy)")
-    p.add_argument("--gemm", choices=("cublas", "numba"), default=None,
+    p.add_argument("--gemm", choices=GEMM_IMPLEMENTATIONS, default=None,
                    help="cuda backend: GEMM through cuBLAS (default) or gpunn's tiled Numba kernel")
     add_threads_option(p)
 
@@ -95,8 +101,8 @@ def add_model_options(p, defaults):
     """Options of the model and optimizer; default None so a resumed run can tell what was given."""
     p.add_argument("--hidden", type=hidden_sizes, default=None, metavar="SIZES",
                    help=f"hidden layer sizes, comma-separated; empty for softmax regression (default: {','.join(map(str, defaults.hidden))})")
-    p.add_argument("--activation", choices=("relu", "sigmoid", "tanh"), default=None, help=f"hidden activation (default: {defaults.activation})")
-    p.add_argument("--loss", choices=("cross-entropy", "mse"), default=None, help=f"loss (default: {defaults.loss})")
+    p.add_argument("--activation", choices=HIDDEN_ACTIVATIONS, default=None, help=f"hidden activation (default: {defaults.activation})")
+    p.add_argument("--loss", choices=tuple(LOSSES), default=None, help=f"loss (default: {defaults.loss})")
     p.add_argument("--output-activation", choices=("identity", "sigmoid", "softmax"), default=None,
                    help="last layer's activation (default: identity for cross-entropy, sigmoid for mse)")
     p.add_argument("--epochs", type=positive_int, default=None, help=f"epochs (default: {defaults.epochs})")
@@ -105,7 +111,7 @@ def add_model_options(p, defaults):
     p.add_argument("--momentum", type=nonneg_float, default=None, help=f"SGD momentum (default: {defaults.momentum})")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help=f"Nesterov momentum (default: {defaults.nesterov})")
     p.add_argument("--weight-decay", type=nonneg_float, default=None, help=f"L2 weight decay (default: {defaults.weight_decay})")
-    p.add_argument("--lr-schedule", choices=("constant", "step", "cosine"), default=None, help=f"learning-rate schedule (default: {defaults.lr_schedule})")
+    p.add_argument("--lr-schedule", choices=Schedule.NAMES, default=None, help=f"learning-rate schedule (default: {defaults.lr_schedule})")
     p.add_argument("--step-size", type=positive_int, default=None, help="step schedule: epochs between decays (default: epochs/3)")
     p.add_argument("--gamma", type=positive_float, default=None, help="step schedule: decay factor (default: 0.1)")
     p.add_argument("--seed", type=nonneg_int, default=None, help=f"seed for initialisation and shuffling (default: {defaults.seed})")

@@ -32,10 +32,11 @@ import numpy as np
 
 from gpunn import checkpoint
 from gpunn.backend import get_backend
+from gpunn.backend.ops import ACTIVATIONS
 from gpunn.data import batch_slices, epoch_permutation
 from gpunn.errors import CheckpointError, DataError, TrainingDiverged
 from gpunn.instrument import annotate_nvtx
-from gpunn.layers import mlp
+from gpunn.layers import OUTPUT_ACTIVATIONS, mlp
 from gpunn.losses import LOSSES, get_loss
 from gpunn.optim import SGD, Schedule, valid_learning_rate
 
@@ -81,9 +82,9 @@ class TrainConfig:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
         if self.lr_schedule not in Schedule.NAMES:
             raise ValueError(f"unknown learning-rate schedule {self.lr_schedule!r}; expected one of {', '.join(Schedule.NAMES)}")
-        if self.activation not in ("relu", "sigmoid", "tanh", "identity"):
+        if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; expected relu, sigmoid or tanh")
-        if self.output_activation not in ("identity", "sigmoid", "softmax", "relu", "tanh"):
+        if self.output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"unknown output activation {self.output_activation!r}")
         if self.loss == "cross-entropy" and self.output_activation != "identity":
             raise ValueError("cross-entropy takes logits: the output activation must be identity")

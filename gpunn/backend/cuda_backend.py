@@ -37,6 +37,7 @@ import numpy as np
 from numba import cuda
 
 from gpunn.backend.base import Backend
+from gpunn.backend.cublas import GEMM_IMPLEMENTATIONS
 from gpunn.backend.cuda_launch import Launcher, stream_arg
 from gpunn.backend.numpy_backend import NumpyBackend
 from gpunn.env import cache_dir, simulator_on
@@ -60,8 +61,6 @@ from gpunn.occupancy import parse_arch
 
 #: bound op calls kept before the cache starts afresh (a loop over fresh arrays would grow it)
 MAX_BOUND = 4096
-
-GEMM_IMPLEMENTATIONS = ("cublas", "numba")
 
 f32, i32, i64 = np.float32, np.int32, np.int64
 

@@ -19,10 +19,13 @@ PACKAGES = {"gpunn": ROOT / "gpunn", "gpunn.kernels": ROOT / "kernels"}
 
 
 def modules() -> dict[str, Path]:
-    """Module name -> file, for every module of gpunn and gpunn.kernels."""
+    """Module name -> file, for every module of gpunn and gpunn.kernels (a ``gpunn/kernels/``
+    folder in the checkout only points the package at ``kernels/``: it is that package)."""
     found = {}
     for package, folder in PACKAGES.items():
         for path in sorted(folder.rglob("*.py")):
+            if package == "gpunn" and path.is_relative_to(ROOT / "gpunn" / "kernels"):
+                continue
             parts = list(path.relative_to(folder).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()

@@ -806,7 +806,9 @@ def main(argv=None):
     skipped = [c for c in CONTESTANTS if c not in args.only]
     if skipped:
         notes.append(f"not run (not in --only): {', '.join(skipped)}")
-    if args.backend == "cuda" and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+    from gpunn.env import simulator_requested
+
+    if args.backend == "cuda" and simulator_requested():
         notes.append("NUMBA_ENABLE_CUDASIM is set: gpunn's cuda backend is Numba's CPU simulator here, not a GPU")
     if args.epochs > 1:
         notes.append("the first epoch of each contestant is a warm-up and is not in the median")

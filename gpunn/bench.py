@@ -32,9 +32,15 @@ from typing import Callable
 
 import numpy as np
 
-from gpunn.backend import ops
+from gpunn.backend import check_backend_name, get_backend, ops
 from gpunn.backend.numpy_backend import NumpyBackend
+from gpunn.env import simulator_on
 from gpunn.errors import GpunnError
+from gpunn.instrument import CudaEvents, WallClock
+from gpunn.options import add_peak_options, add_threads_option, nonneg_float, nonneg_int, positive_int
+from gpunn.output import check_writable, write_bytes, write_json
+from gpunn.report import text_table
+from gpunn.roofline import peaks_for
 
 ROW_SIZES = ((4096, 10), (4096, 128), (4096, 512), (4096, 1024), (4096, 4096))
 SIM_ROW_SIZES = ((5, 10), (3, 70))
@@ -229,19 +235,17 @@ class Variant:
 
 def variants_for(kernel: BenchKernel, options: dict, wanted=None) -> tuple[list[Variant], str]:
     """The variants that can run here, and a line saying why any are missing."""
-    from gpunn.profile import CudaEvents, WallClock
-
     out = []
     np_be = NumpyBackend()
     out.append(Variant("numpy", np_be.describe(), lambda a: kernel.run(np_be, a, options), lambda x: x.copy(),
                        np.asarray, WallClock))
     note = ""
     try:
-        from gpunn.backend.cuda_backend import CudaBackend, cuda_unavailable_reason, simulator_enabled
+        from gpunn.backend.cuda_backend import CudaBackend, cuda_unavailable_reason
     except ImportError as exc:
         note = f"only numpy: the GPU packages are not installed ({exc.name or exc})"
     else:
-        if simulator_enabled():
+        if simulator_on():
             be = CudaBackend(gemm="numba")
             out.append(Variant("ours", be.describe(), lambda a: kernel.run(be, a, options), lambda x: x.copy(),
                                np.asarray, None))
@@ -371,8 +375,6 @@ def bench(kernel: BenchKernel, sizes, options, reps=20, warmup=3, wanted=None, p
 
 
 def format_bench(res: BenchResult) -> str:
-    from gpunn.profile import text_table
-
     lines = [f"gpunn bench {res.kernel}: {res.metric} (higher is better)"
              + (f"; peak {res.peak:,.1f} {res.metric} ({res.peak_source})" if res.peak else "")]
     lines.append("every variant matched the float64 NumPy reference at every size before it was timed")
@@ -426,12 +428,6 @@ def plot_png(res: BenchResult) -> bytes:
 
 
 def cmd_bench(args):
-    from gpunn.output import check_writable, write_bytes, write_json
-    from gpunn.profile import simulator_on
-    from gpunn.roofline import peaks_for
-
-    from gpunn.backend import check_backend_name
-
     check_writable(args.json, args.plot)  # every output's requirements before the sweep, not after it
     if args.plot:
         pyplot()
@@ -466,15 +462,10 @@ def cmd_bench(args):
 
 def _peak_backend():
     """The device the fastest variant runs on: the GPU when there is one, else the CPU."""
-    from gpunn.backend import get_backend
-
     return get_backend("auto", quiet=True)
 
 
 def register_cli(sub):
-    from gpunn.cli import add_threads_option, nonneg_float, nonneg_int, positive_int
-    from gpunn.profile import _peak_options
-
     p = sub.add_parser("bench", help="one kernel across sizes: every variant validated, then timed (GB/s, GFLOP/s)",
                        description="Sweep one kernel across sizes: every variant (numpy, ours, the CuPy/cuBLAS "
                                    "built-in) is checked against a float64 NumPy reference first, then timed, and "
@@ -488,7 +479,7 @@ def register_cli(sub):
     p.add_argument("--momentum", type=nonneg_float, default=0.9, help="sgd: momentum, Nesterov when > 0 (default: 0.9)")
     p.add_argument("--reps", type=positive_int, default=20, help="timed calls per variant and size; the median is reported (default: 20)")
     p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed calls first (default: 3)")
-    _peak_options(p)
+    add_peak_options(p)
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG plot (needs matplotlib)")
     add_threads_option(p)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gpunn.errors import CheckpointError
-from gpunn.output import atomic_write, check_writable, write_json  # noqa: F401 (also imported from here)
+from gpunn.output import atomic_write
 
 FORMAT = "gpunn-checkpoint/1"
 

@@ -7,14 +7,20 @@ traceback: exit 2 for bad options or data, 1 for a run that failed (e.g. diverge
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import math
 import shlex
 import sys
 import time
 
 from gpunn.errors import GpunnError
+from gpunn.options import (
+    MODEL_FIELDS,
+    add_backend_options,
+    add_data_options,
+    add_model_options,
+    cpu_threads,
+    make_backend,
+    train_config,
+)
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -24,131 +30,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _number(cast, ok, what):
-    """An argparse type: ``cast(text)`` that must satisfy ``ok``, else one clear error."""
-
-    def parse(text):
-        try:
-            value = cast(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-positive_int = _number(int, lambda v: v > 0, "a positive integer")
-positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
-nonneg_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
-nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-
-
-def hidden_sizes(text):
-    """``"512,512"`` → (512, 512); ``""`` → () (softmax regression)."""
-    if text.strip() == "":
-        return ()
-    sizes = []
-    for i, part in enumerate(text.split(",")):
-        part = part.strip()
-        try:
-            v = int(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"entry {i + 1} ({part!r}) is not an integer in {text!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"entry {i + 1} ({v}) must be a positive size in {text!r}")
-        sizes.append(v)
-    return tuple(sizes)
-
-
-def add_data_options(p):
-    p.add_argument("--data-dir", help="folder with the four MNIST-format files (default: $GPUNN_DATA_DIR, else the cache, downloading if needed)")
-    p.add_argument("--train-samples", type=positive_int, metavar="N", help="use only the first N training examples")
-    p.add_argument("--test-samples", type=positive_int, metavar="N", help="use only the first N test examples")
-
-
-def add_backend_options(p):
-    from gpunn.backend import backend_names
-
-    p.add_argument("--backend", choices=backend_names(), default=None,
-                   help="array backend (default: $GPUNN_BACKEND, else auto: cuda when a GPU is present, else numpy)")
-    p.add_argument("--gemm", choices=("cublas", "numba"), default=None,
-                   help="cuda backend: GEMM through cuBLAS (default) or gpunn's tiled Numba kernel")
-    add_threads_option(p)
-
-
-def add_threads_option(p):
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="CPU threads of BLAS and OpenMP (default: theirs, one per core); "
-                        "1 or 2 when other processes keep the CPU busy")
-
-
-@contextlib.contextmanager
-def cpu_threads(n):
-    """Limit the CPU libraries' thread pools (OpenBLAS, MKL, OpenMP) to ``n`` threads while
-    the command runs (threadpoolctl); ``None`` leaves them as they are."""
-    if n is None:
-        yield
-        return
-    import numpy  # noqa: F401  (a library's pool can only be limited once it is loaded)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=n):
-        yield
-
-
-def add_model_options(p, defaults):
-    """Options of the model and optimizer; default None so a resumed run can tell what was given."""
-    p.add_argument("--hidden", type=hidden_sizes, default=None, metavar="SIZES",
-                   help=f"hidden layer sizes, comma-separated; empty for softmax regression (default: {','.join(map(str, defaults.hidden))})")
-    p.add_argument("--activation", choices=("relu", "sigmoid", "tanh"), default=None, help=f"hidden activation (default: {defaults.activation})")
-    p.add_argument("--loss", choices=("cross-entropy", "mse"), default=None, help=f"loss (default: {defaults.loss})")
-    p.add_argument("--output-activation", choices=("identity", "sigmoid", "softmax"), default=None,
-                   help="last layer's activation (default: identity for cross-entropy, sigmoid for mse)")
-    p.add_argument("--epochs", type=positive_int, default=None, help=f"epochs (default: {defaults.epochs})")
-    p.add_argument("--batch-size", type=positive_int, default=None, help=f"mini-batch size (default: {defaults.batch_size})")
-    p.add_argument("--lr", type=positive_float, default=None, help=f"learning rate (default: {defaults.lr})")
-    p.add_argument("--momentum", type=nonneg_float, default=None, help=f"SGD momentum (default: {defaults.momentum})")
-    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help=f"Nesterov momentum (default: {defaults.nesterov})")
-    p.add_argument("--weight-decay", type=nonneg_float, default=None, help=f"L2 weight decay (default: {defaults.weight_decay})")
-    p.add_argument("--lr-schedule", choices=("constant", "step", "cosine"), default=None, help=f"learning-rate schedule (default: {defaults.lr_schedule})")
-    p.add_argument("--step-size", type=positive_int, default=None, help="step schedule: epochs between decays (default: epochs/3)")
-    p.add_argument("--gamma", type=positive_float, default=None, help="step schedule: decay factor (default: 0.1)")
-    p.add_argument("--seed", type=nonneg_int, default=None, help=f"seed for initialisation and shuffling (default: {defaults.seed})")
-
-
-MODEL_FIELDS = ("hidden", "activation", "loss", "output_activation", "epochs", "batch_size", "lr", "momentum",
-                "nesterov", "weight_decay", "lr_schedule", "step_size", "gamma", "seed")
-
-
-def train_config(args, base=None):
-    """TrainConfig from the options given, on top of ``base`` (a resumed run's) or the defaults."""
-    from gpunn.train import TrainConfig
-
-    values = dict(base or {})
-    values.update({k: getattr(args, k) for k in MODEL_FIELDS if getattr(args, k, None) is not None})
-    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
-    if unknown:  # a checkpoint from another version of gpunn
-        raise GpunnError(f"the checkpoint's training options include ones this gpunn does not know: {', '.join(unknown)}")
-    return TrainConfig(**values)
-
-
-def make_backend(args):
-    """The backend the options name; ``--gemm`` only where the cuda backend runs."""
-    from gpunn.backend import auto_choice, check_backend_name, get_backend
-
-    name = check_backend_name(args.backend)
-    gemm = getattr(args, "gemm", None)
-    if gemm:
-        chosen, why = auto_choice() if name == "auto" else (name, None)
-        if chosen != "cuda":
-            raise GpunnError(f"--gemm {gemm} chooses the cuda backend's GEMM, but this run uses the {chosen} "
-                             f"backend{f' ({why})' if why else ''}; drop --gemm or use --backend cuda")
-        return get_backend(chosen, gemm=gemm)
-    return get_backend(name)
 
 
 def load_data(args, progress, train=True):
@@ -322,12 +203,11 @@ def build_parser():
 
 
 def _extra_commands():
-    """Subcommands that live in their own modules (profiling, benchmarks)."""
-    import importlib
-    import importlib.util
+    """The tools beside train and eval, each a command in its own module: they import the
+    options they share from :mod:`gpunn.options`, never this module."""
+    from gpunn import bench, profile, resources
 
-    names = ("gpunn.profile", "gpunn.bench")
-    return [importlib.import_module(n).register_cli for n in names if importlib.util.find_spec(n)]
+    return [profile.register_cli, resources.register_cli, bench.register_cli]
 
 
 def report_errors(prog, func, *args):

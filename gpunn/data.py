@@ -37,6 +37,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from gpunn import env
 from gpunn.errors import DataError
 
 __all__ = [
@@ -288,12 +289,7 @@ def _read_folder(folder: Path, origin: str, keys=tuple(MNIST_FILES)):
 
 
 def _cache_folder(cache_dir) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("GPUNN_CACHE_DIR"):
-        return Path(os.environ["GPUNN_CACHE_DIR"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "gpunn" / "mnist"
+    return Path(cache_dir).expanduser() if cache_dir is not None else env.mnist_cache_dir()
 
 
 def _how_to_get() -> str:

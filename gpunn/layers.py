@@ -27,6 +27,9 @@ from gpunn.backend import get_backend
 from gpunn.backend.ops import ACTIVATIONS
 from gpunn.errors import ShapeError
 
+#: What the last layer of :func:`mlp` may be: a Dense activation, or a Softmax layer after it.
+OUTPUT_ACTIVATIONS = (*ACTIVATIONS, "softmax")
+
 
 class Layer:
     """Base class.  ``forward(x)`` returns y and keeps what ``backward(dy)`` needs."""

@@ -95,11 +95,25 @@ def _round_up(x: int, unit: int) -> int:
     return -(-x // unit) * unit
 
 
+def parse_arch(arch: str) -> tuple[int, int]:
+    """``"sm_90"`` (or ``"9.0"``, ``"90"``, ``"compute_90"``) -> ``(9, 0)``."""
+    digits = arch.lower().strip().removeprefix("sm_").removeprefix("compute_").replace(".", "")
+    if not digits.isdigit() or len(digits) < 2:
+        raise ValueError(f"not a compute capability: {arch!r} (expected e.g. sm_90)")
+    return int(digits[:-1]), int(digits[-1])
+
+
+def arch_name(arch: str) -> str:
+    """``"9.0"``, ``"90"`` or ``"sm_90"`` -> ``"sm_90"`` (any compute capability)."""
+    return "sm_%d%d" % parse_arch(arch)
+
+
 def normalize_arch(arch: str) -> str:
     """``"sm_90"``, ``"9.0"`` or ``"90"`` -> ``"sm_90"``; ValueError for an architecture not in ARCHS."""
-    key = arch.lower().strip()
-    if not key.startswith("sm_"):
-        key = "sm_" + key.replace(".", "")
+    try:
+        key = arch_name(arch)
+    except ValueError:
+        key = None
     if key not in ARCHS:
         raise ValueError(f"no occupancy limits for {arch!r}; known: {', '.join(ARCHS)}")
     return key

@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 from gpunn.backend.base import _check
+
+
+def valid_learning_rate(lr) -> bool:
+    """Whether ``lr`` can be a learning rate: a finite number above 0 (the trainer's options,
+    :class:`SGD` and the command line's ``--lr`` all ask this)."""
+    return isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0
 
 
 class SGD:
@@ -18,7 +25,7 @@ class SGD:
     same arithmetic element by element, with one call instead of one per array."""
 
     def __init__(self, params, grads, lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False, *, backend):
-        if not (lr > 0 and math.isfinite(lr)):
+        if not valid_learning_rate(lr):
             raise ValueError(f"SGD: learning rate must be a positive number, got {lr!r}")
         if not (0 <= momentum < 1):
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")

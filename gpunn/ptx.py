@@ -31,7 +31,10 @@ import subprocess
 import sys
 import tempfile
 
+from gpunn.env import simulator_on
 from gpunn.kernels import FAMILIES
+from gpunn.occupancy import arch_name, parse_arch
+from gpunn.report import text_table
 
 #: The kernel families, one module of gpunn.kernels each.
 KERNEL_MODULES = FAMILIES
@@ -45,14 +48,6 @@ F64_RE = re.compile(r"^\s*(?:@!?%\w+\s+)?[a-z]+(?:\.[a-z0-9]+)*\.f64\b|\.reg\s+\
 
 class PtxasMissing(RuntimeError):
     """ptxas was not found (install the cu12 extra: ``pip install "numba-cuda[cu12]"``)."""
-
-
-def parse_arch(arch: str) -> tuple[int, int]:
-    """``"sm_90"`` (or ``"9.0"``, ``"90"``) -> ``(9, 0)``."""
-    digits = arch.lower().removeprefix("sm_").removeprefix("compute_").replace(".", "")
-    if not digits.isdigit() or len(digits) < 2:
-        raise ValueError(f"not a compute capability: {arch!r} (expected e.g. sm_90)")
-    return int(digits[:-1]), int(digits[-1])
 
 
 def kernel_specs():
@@ -205,10 +200,8 @@ def kernel_report(archs=DEFAULT_ARCHS, ptxas: bool = True) -> list[dict]:
     """One record per (kernel, signature, arch); see the module docstring.
 
     Runs in a subprocess when this process has the CUDA simulator on."""
-    archs = [a if a.startswith("sm_") else "sm_%d%d" % parse_arch(a) for a in archs]
-    from gpunn.backend.cuda_backend import simulator_enabled
-
-    if not simulator_enabled():
+    archs = [arch_name(a) for a in archs]
+    if not simulator_on():
         return _report_here(archs, ptxas)
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
     cmd = [sys.executable, "-m", "gpunn.ptx", "--arch", ",".join(archs), "--json"]
@@ -227,10 +220,7 @@ def format_table(records) -> str:
             "shared_bytes", "f64")
     rows = [[str(r.get(c, len(r["f64_lines"]) if c == "f64" else "")) for c in cols] for r in records]
     heads = ["kernel", "arch", "block", "regs", "spill st", "spill ld", "stack", "smem", "f64"]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(heads)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
+    return text_table(heads, rows, rule=False)
 
 
 def main(argv=None) -> int:

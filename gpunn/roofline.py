@@ -33,6 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from gpunn.backend.ops import Cost
+from gpunn.env import cache_dir
 
 
 class Peaks(NamedTuple):
@@ -63,18 +64,16 @@ def bound(cost: Cost, peaks: Peaks) -> str:
 
 def percent_of_peak(cost: Cost, seconds: float, peaks: Peaks) -> float:
     """Achieved performance as a percentage of the roofline bound that applies."""
-    return 100.0 * roofline_seconds(cost, peaks) / seconds if seconds > 0 else float("nan")
+    return percent_of_bound(roofline_seconds(cost, peaks), seconds)
+
+
+def percent_of_bound(least_seconds: float, seconds: float) -> float:
+    """The least time the roofline allows (one op's, or a sum of them) as a percentage of the
+    time taken: 100 at the roofline."""
+    return 100.0 * least_seconds / seconds if seconds > 0 else float("nan")
 
 
 # ---------------------------------------------------------------------------- the CPU
-
-
-def cache_dir() -> Path:
-    """``$GPUNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/gpunn``, else ``~/.cache/gpunn``."""
-    if os.environ.get("GPUNN_CACHE_DIR"):
-        return Path(os.environ["GPUNN_CACHE_DIR"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "gpunn"
 
 
 def cpu_model() -> str:

@@ -32,12 +32,13 @@ import numpy as np
 
 from gpunn import checkpoint
 from gpunn.backend import get_backend
+from gpunn.backend.ops import ACTIVATIONS
 from gpunn.data import batch_slices, epoch_permutation
 from gpunn.errors import CheckpointError, DataError, TrainingDiverged
-from gpunn.layers import mlp
+from gpunn.instrument import annotate_nvtx
+from gpunn.layers import OUTPUT_ACTIVATIONS, mlp
 from gpunn.losses import LOSSES, get_loss
-from gpunn.optim import SGD, Schedule
-from gpunn.profile import annotate_nvtx
+from gpunn.optim import SGD, Schedule, valid_learning_rate
 
 
 @dataclass
@@ -75,15 +76,15 @@ class TrainConfig:
             raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        if not valid_learning_rate(self.lr):
             raise ValueError(f"learning rate must be a positive number, got {self.lr!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
         if self.lr_schedule not in Schedule.NAMES:
             raise ValueError(f"unknown learning-rate schedule {self.lr_schedule!r}; expected one of {', '.join(Schedule.NAMES)}")
-        if self.activation not in ("relu", "sigmoid", "tanh", "identity"):
+        if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; expected relu, sigmoid or tanh")
-        if self.output_activation not in ("identity", "sigmoid", "softmax", "relu", "tanh"):
+        if self.output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"unknown output activation {self.output_activation!r}")
         if self.loss == "cross-entropy" and self.output_activation != "identity":
             raise ValueError("cross-entropy takes logits: the output activation must be identity")

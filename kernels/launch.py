@@ -117,18 +117,3 @@ def source_digest() -> str:
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
-
-def kernel_cache_dir():
-    """Where the cuda backend keeps compiled kernels between processes:
-    ``$GPUNN_CACHE_DIR/kernels/<source digest>``, else the same under
-    ``$XDG_CACHE_HOME/gpunn`` or ``~/.cache/gpunn`` (the layout gpunn's other caches use)."""
-    import os
-    from pathlib import Path
-
-    root = os.environ.get("GPUNN_CACHE_DIR")
-    if root:
-        base = Path(root).expanduser()
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "gpunn"
-    return base / "kernels" / source_digest()

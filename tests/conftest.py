@@ -23,6 +23,9 @@ import sys
 
 import pytest
 
+# gpunn.env imports no Numba, so importing it here leaves pytest_configure free to choose the simulator.
+from gpunn.env import simulator_on  # noqa: F401 (the tests import it from here too)
+
 GPU_SKIP_REASON = "no NVIDIA GPU with CuPy on this machine"
 
 
@@ -40,10 +43,6 @@ def pytest_configure(config):
         # The simulator runs each CUDA thread as a Python thread and polls them at every
         # cuda.syncthreads(); a short GIL switch interval makes those barriers ~5x faster.
         sys.setswitchinterval(1e-4)
-
-
-def simulator_on() -> bool:
-    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
 def gpu_unavailable_reason() -> str | None:

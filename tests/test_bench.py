@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gpunn.bench import KERNELS, ValidationFailed, bench, mismatches, parse_size
+from gpunn.env import simulator_on
 from gpunn.roofline import Peaks
 
 PEAK_ARGS = ["--peak-gflops", "100", "--peak-gbs", "10"]
@@ -94,7 +95,7 @@ def test_plot_is_a_png_or_a_clear_error(tmp_path):
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0"), reason="the CUDA simulator is off")
+@pytest.mark.skipif(not simulator_on(), reason="the CUDA simulator is off")
 def test_our_kernels_are_validated_in_the_simulator_but_not_timed():
     pytest.importorskip("numba")
     for name in ("softmax-xent", "gemm"):

@@ -11,7 +11,8 @@ import pytest
 
 from gpunn.backend import NumpyBackend, ops
 from gpunn.backend.base import Backend
-from gpunn.profile import COST_OF_CALL, OpRecorder, annotate_nvtx, call_cost, profile_step, synthetic_trainer
+from gpunn.instrument import COST_OF_CALL, OpRecorder, annotate_nvtx, call_cost
+from gpunn.profile import profile_step, synthetic_trainer
 from gpunn.roofline import GPU_PEAKS, Peaks, cpu_peaks, lookup_gpu, peaks_from_properties, percent_of_peak
 from gpunn.train import TrainConfig
 
@@ -266,7 +267,7 @@ def test_gpu_timer_reads_events_after_the_step_and_lengthens_a_short_hold(monkey
     """The CUDA-event timer's bookkeeping, on a stand-in for CuPy whose clock moves only when told."""
     import types
 
-    from gpunn.profile import CudaEvents
+    from gpunn.instrument import CudaEvents
 
     clock, holds, gpu_caught_up = [0.0], [], [False]
 

@@ -14,6 +14,7 @@ import sys
 
 from gpunn.backend.base import Backend
 from gpunn.backend.numpy_backend import NumpyBackend
+from gpunn.env import simulator_on, simulator_requested
 from gpunn.errors import BackendUnavailable
 
 __all__ = ["Backend", "NumpyBackend", "auto_choice", "backend_names", "check_backend_name", "get_backend",
@@ -34,16 +35,12 @@ def _make_numpy(**options):
     return NumpyBackend()  # the pure reference
 
 
-def _simulator_requested() -> bool:
-    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
-
-
 def _make_cuda(**options):
     try:
         from gpunn.backend.cuda_backend import CudaBackend
     except ImportError as exc:  # numba or cupy missing
         missing = exc.name or exc
-        if _simulator_requested():  # NUMBA_ENABLE_CUDASIM=1: the simulator needs Numba, not a GPU's packages
+        if simulator_requested():  # NUMBA_ENABLE_CUDASIM=1: the simulator needs Numba, not a GPU's packages
             raise BackendUnavailable(f"the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) needs Numba, and {missing} "
                                      'is missing; install it with: pip install "gpunn[sim]"') from None
         raise BackendUnavailable(
@@ -78,10 +75,10 @@ def check_backend_name(name: str | None) -> str:
 def auto_choice():
     """What "auto" picks here, and why in words: cuda when CuPy imports and a GPU is present, else numpy."""
     try:
-        from gpunn.backend.cuda_backend import cuda_unavailable_reason, simulator_enabled
+        from gpunn.backend.cuda_backend import cuda_unavailable_reason
     except ImportError as exc:
         return "numpy", f"{exc.name or 'a GPU package'} is not installed"
-    if not simulator_enabled() and importlib.util.find_spec("cupy") is None:
+    if not simulator_on() and importlib.util.find_spec("cupy") is None:
         return "numpy", 'CuPy is not installed; for a GPU: pip install "gpunn[cuda12]"'
     reason = cuda_unavailable_reason()
     if reason is None:

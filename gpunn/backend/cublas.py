@@ -22,6 +22,10 @@ import functools
 
 import numpy as np
 
+#: The cuda backend's GEMMs: cuBLAS (this module) or gpunn's tiled kernel (gpunn.kernels.gemm).
+#: Here, not in cuda_backend.py, so that the command line can offer them without Numba.
+GEMM_IMPLEMENTATIONS = ("cublas", "numba")
+
 OP_N, OP_T = 0, 1  # cublasOperation_t
 #: cuBLAS's recommended user workspace on Hopper (and enough for every earlier GPU)
 WORKSPACE_BYTES = 32 * 1024 * 1024

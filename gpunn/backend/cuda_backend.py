@@ -37,8 +37,10 @@ import numpy as np
 from numba import cuda
 
 from gpunn.backend.base import Backend
+from gpunn.backend.cublas import GEMM_IMPLEMENTATIONS
 from gpunn.backend.cuda_launch import Launcher, stream_arg
 from gpunn.backend.numpy_backend import NumpyBackend
+from gpunn.env import cache_dir, simulator_on
 from gpunn.errors import BackendUnavailable, GraphUnavailable
 from gpunn.kernels import (
     FAMILIES,
@@ -54,20 +56,14 @@ from gpunn.kernels import (
     softmax,
     softmax_xent,
 )
-from gpunn.kernels.launch import ELEMENTWISE_THREADS, ROW_THREADS, check_pow2_threads, kernel_cache_dir
+from gpunn.kernels.launch import ELEMENTWISE_THREADS, ROW_THREADS, check_pow2_threads, source_digest
+from gpunn.occupancy import parse_arch
 
 #: bound op calls kept before the cache starts afresh (a loop over fresh arrays would grow it)
 MAX_BOUND = 4096
 
-GEMM_IMPLEMENTATIONS = ("cublas", "numba")
-
 f32, i32, i64 = np.float32, np.int32, np.int64
 
-
-
-def simulator_enabled() -> bool:
-    """True when Numba's CUDA simulator replaced ``numba.cuda`` in this process."""
-    return cuda.jit.__module__.startswith("numba.cuda.simulator")
 
 
 @functools.lru_cache(maxsize=1)
@@ -75,7 +71,7 @@ def cuda_unavailable_reason() -> str | None:
     """None when a real GPU with CuPy is usable here; otherwise why not, in words.
 
     The simulator counts as unavailable: ``auto`` must only pick a real GPU."""
-    if simulator_enabled():
+    if simulator_on():
         return "NUMBA_ENABLE_CUDASIM=1 is set, and auto does not pick the CUDA simulator"
     try:
         import cupy
@@ -129,7 +125,7 @@ class CudaBackend(Backend):
         self.threads = check_pow2_threads(threads or ROW_THREADS)
         self.elementwise_threads = min(self.threads, ELEMENTWISE_THREADS)
         self.max_blocks = max_blocks
-        self.simulated = simulator_enabled()
+        self.simulated = simulator_on()
         self.launch_hooks: list[Callable] = []
         self._ws = {}
         self._bound = {}  # op call -> its bound launches (see _queue)
@@ -167,7 +163,7 @@ class CudaBackend(Backend):
         device = cupy.cuda.Device()
         self._launcher = Launcher((spec for name in FAMILIES  # each family's KERNELS declare their signatures
                                    for spec in importlib.import_module(f"gpunn.kernels.{name}").KERNELS),
-                                  cc=divmod(int(device.compute_capability), 10), cache_dir=kernel_cache_dir())
+                                  cc=parse_arch(device.compute_capability), cache_dir=cache_dir("kernels", source_digest()))
         try:
             self._cublas = cublas.shared(cupy)
         except ImportError as exc:

@@ -31,6 +31,9 @@ import struct
 
 import numpy as np
 
+from gpunn.errors import GpunnError
+from gpunn.output import write_bytes
+
 #: struct format of each scalar type a kernel signature may declare (Numba type name -> format)
 SCALAR_FORMATS = {"int32": "i", "int64": "q", "uint32": "I", "uint64": "Q", "float32": "f", "float64": "d"}
 #: fields of an array argument before its shape and strides: meminfo, parent, nitems, itemsize, data
@@ -220,7 +223,7 @@ class Launcher:
     cached :class:`BoundLaunch` es.
 
     The disk cache holds each kernel's cubin for the device's compute capability, under
-    ``cache_dir`` (``gpunn.kernels.launch.kernel_cache_dir()``: named by the kernels' source),
+    ``cache_dir`` (the cuda backend gives ``gpunn.env.cache_dir("kernels", <kernels source digest>)``),
     keyed by the kernel, its signature, the architecture and numba-cuda's version.  A process
     that finds them loads each with one ``cuModuleLoadData``: no Numba compilation, not even
     the typing set-up Numba does before loading its own cache (about a second).  What a
@@ -295,20 +298,10 @@ class Launcher:
 
 
 def _save(path, data: bytes) -> None:
-    """Write a cache file whole or not at all (temp file, rename); a cache that cannot be
-    written (a read-only home) just means compiling again next time."""
-    import os
-    import tempfile
-
+    """Write a cache file whole or not at all (:func:`gpunn.output.write_bytes`); a cache that
+    cannot be written (a read-only home) just means compiling again next time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError:
+        write_bytes(path, data)
+    except (OSError, GpunnError):
         pass

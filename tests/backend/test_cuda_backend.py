@@ -14,7 +14,8 @@ pytestmark = pytest.mark.cudasim
 
 
 def test_get_backend_cuda_builds_the_simulated_backend():
-    from gpunn.backend.cuda_backend import CudaBackend, simulator_enabled
+    from gpunn.backend.cuda_backend import CudaBackend
+    from gpunn.env import simulator_on as simulator_enabled
 
     assert simulator_enabled()
     be = get_backend("cuda")

@@ -171,7 +171,7 @@ def test_a_pre_bound_launch_equals_a_dispatcher_launch():
     import cupy
     from numba import cuda
 
-    from gpunn.kernels import batch, bias_act, sgd, softmax_xent
+    from gpunn.kernels import batch, bias_act, sgd, softmax_cross_entropy
 
     be = cuda_backend()
     rng = np.random.default_rng(7)
@@ -182,8 +182,8 @@ def test_a_pre_bound_launch_equals_a_dispatcher_launch():
     cases = [  # (kernel, grid, block, host arguments; arrays are copied to the device for each launch)
         (bias_act.bias_act_kernel, *bias_act.launch_config(130, 257), (x.reshape(-1), b, np.empty_like(x).reshape(-1),
                                                                        i32(2), i32(1))),
-        (softmax_xent.softmax_xent_kernel, *softmax_xent.launch_config(130, 10), (z, t, np.empty_like(z),
-                                                                                   np.empty(130, f32), f32(1 / 130))),
+        (softmax_cross_entropy.softmax_cross_entropy_kernel, *softmax_cross_entropy.launch_config(130, 10),
+         (z, t, np.empty_like(z), np.empty(130, f32), f32(1 / 130))),
         (sgd.sgd_kernel, *sgd.launch_config(257), (b.copy(), b * 0.5, b * 0.1, f32(0.0), np.array([0.05], f32), i32(1),
                                                    f32(0.9), f32(1e-4), i32(1))),
         (batch.gather_batch_kernel, *batch.launch_config(64, 257), (x, t, order, np.array([40, 0], i32),

@@ -102,8 +102,8 @@ class Mlp:
         be.bias_act(self.z, self.b2, "identity", self.z)
         # the label-taking ops unchecked, as the trainer calls them: their checked forms read the
         # labels back to validate them (a synchronisation, by design)
-        be._softmax_cross_entropy(self.z, self.t, self.dz, self.loss, True)
-        be._count_correct(self.z, self.t, self.hits)
+        be.unchecked.softmax_cross_entropy(self.z, self.t, self.dz, self.loss, True)
+        be.unchecked.count_correct(self.z, self.t, self.hits)
         be.bias_grad(self.dz, db2)  # backward
         be.gemm(self.h, self.dz, dw2, trans_a=True)
         be.gemm(self.dz, self.w2, self.dh, trans_b=True)

@@ -16,8 +16,8 @@ class Loss:
     check their range (on a GPU, a synchronisation per call): only for callers that checked
     them once themselves, as the trainer does for its data set."""
 
-    name = "loss"
-    _op = None  # the op's name (its record in gpunn.backend.ops.OPS)
+    name = "loss"  # its word on the command line (--loss) and in configurations
+    _op = None  # its op's name (the record in gpunn.backend.ops.OPS)
 
     def __init__(self, backend, check_labels=True):
         self.backend = backend
@@ -66,7 +66,9 @@ class MSE(Loss):
     _op = "mse"
 
 
-LOSSES = {"cross-entropy": SoftmaxCrossEntropy, "mse": MSE}
+#: The losses by their command-line word: the one place a word differs from its op's name
+#: (``cross-entropy``, the convention, is the op ``softmax_cross_entropy``).
+LOSSES = {loss.name: loss for loss in (SoftmaxCrossEntropy, MSE)}
 
 
 def get_loss(name, backend, check_labels=True):

@@ -11,8 +11,8 @@ Usage::
 How ``gpunn profile`` measures.  :class:`OpRecorder` replaces one backend *instance*'s
 ``backend.unchecked`` (the one door to its op implementations) with wrappers that record
 the op, its argument shapes, its cost (the op's record in :mod:`gpunn.backend.ops`) and
-its time, and puts it back on exit; the CUDA backend's launch hook adds every kernel launch (name, grid,
-block) to the op that made it.  One step is the trainer's own
+its time, and puts it back on exit; the CUDA backend's launch hook adds every kernel
+launch (name, grid, block) to the op that made it.  One step is the trainer's own
 ``Trainer.train_step`` (forward, loss, accuracy count, backward, SGD update) on a
 random batch of MNIST's shape, so no data files are needed.
 
@@ -229,8 +229,8 @@ class OpRecorder:
     Replaces the instance's ``backend.unchecked`` with one whose ops record each call,
     and puts the original back on exit (other backends are unaffected).  That is where
     every call arrives: the public methods call through it after checking their
-    arguments, and layers that have checked their own buffers call it directly.  Calls go to ``self.calls`` as
-    :class:`OpCall`, timed by ``timer`` when one is given.  An op called from inside
+    arguments, and layers that have checked their own buffers call it directly.
+    Calls go to ``self.calls`` as :class:`OpCall`, timed by ``timer`` when one is given.  An op called from inside
     another op is not recorded twice."""
 
     def __init__(self, backend, timer=None):

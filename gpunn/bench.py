@@ -5,7 +5,7 @@ Usage::
     gpunn bench softmax                          # 4096 rows x 10..4096 columns
     gpunn bench gemm --sizes 128x512x784,1024,2048 --plot gemm.png --json gemm.json
     gpunn bench bias-act --act tanh --rows 1024 --sizes 128,512
-    NUMBA_ENABLE_CUDASIM=1 gpunn bench softmax-xent   # validates our kernel in the simulator
+    NUMBA_ENABLE_CUDASIM=1 gpunn bench softmax-cross-entropy   # validates our kernel in the simulator
 
 Variants: ``numpy`` (the reference backend, on the CPU), ``ours`` (gpunn's own
 kernel through the cuda backend: on a GPU, or validated only in the simulator)
@@ -55,22 +55,35 @@ class ValidationFailed(GpunnError):
 
 @dataclass(frozen=True)
 class BenchKernel:
-    """One benchmark: how to build inputs of a size, run the op, and what it costs."""
+    """One benchmark of one op: how to build inputs of a size and the op's arguments from them.
+    Its name (the op's command-line word) and its cost come from the op's record."""
 
-    name: str
-    op: str
+    op: str  # the op's name, a key of gpunn.backend.ops.OPS
     metric: str  # "GB/s" or "GFLOP/s"
     dims: str  # the size's form, for help and errors: "ROWSxCOLS", "P", "MxNxK"
     sizes: tuple  # defaults
     sim_sizes: tuple  # defaults in the CUDA simulator (which runs kernels as Python threads)
     make: Callable  # (size, rng, options) -> dict of float32/int32 host arrays
-    run: Callable  # (backend, arrays, options) -> None: the op on the backend's arrays
+    args: Callable  # (arrays, options) -> the op's arguments, in order
     outputs: tuple  # names of the arrays the op writes
-    cost: Callable  # (size, options) -> ops.Cost
     builtin_name: str | None = None
     builtin: Callable | None = None  # (cupy, arrays, options) -> None, writing the outputs
     rtol: float = 1e-4
     atol: Callable = lambda size: 1e-5  # noqa: E731
+    run: Callable | None = None  # (backend, arrays, options) -> None; default: backend.<op>(*args)
+
+    def __post_init__(self):
+        if self.run is None:
+            checked = self.op
+            object.__setattr__(self, "run", lambda be, a, o: getattr(be, checked)(*self.args(a, o)))
+
+    @property
+    def name(self) -> str:
+        return ops.OPS[self.op].word
+
+    def cost(self, arrays, options) -> ops.Cost:
+        """FLOPs and bytes of one call on these arrays (the op record's formula)."""
+        return ops.OPS[self.op].cost(*self.args(arrays, options))
 
 
 def _row_size(text, rows):
@@ -93,12 +106,12 @@ def _positive(part, text):
 
 
 def parse_size(kernel: BenchKernel, text: str, rows: int = 4096) -> tuple:
-    """``"4096x10"`` (or ``"10"``, with ``rows`` rows) for the row kernels; ``"1e6"`` for sgd;
+    """``"4096x10"`` (or ``"10"``, with ``rows`` rows) for the row kernels; ``"1e6"`` for sgd-update;
     ``"128x512x784"`` (M x N x K) or ``"1024"`` (square) for gemm."""
     text = text.strip()
-    if kernel.name == "sgd":
+    if kernel.op == "sgd_update":
         return (_positive(text, text),)
-    if kernel.name == "gemm":
+    if kernel.op == "gemm":
         parts = text.lower().split("x")
         if len(parts) == 1:
             return (_positive(parts[0], text),) * 3
@@ -195,27 +208,23 @@ def _cupy_gemm(cp, a, _):
     cp.matmul(a["a"], a["b"], out=a["out"])
 
 
+#: The benchmarks, by command-line name (each op's word: ``softmax-cross-entropy``, ``sgd-update``).
 KERNELS = {k.name: k for k in (
-    BenchKernel("softmax", "softmax", "GB/s", "ROWSxCOLS", ROW_SIZES, SIM_ROW_SIZES, _logits,
-                lambda be, a, _: be.softmax(a["x"], a["out"]), ("out",),
-                lambda s, _: ops.softmax_cost(*s), "cupy", _cupy_softmax),
-    BenchKernel("softmax-xent", "softmax_cross_entropy", "GB/s", "ROWSxCOLS", ROW_SIZES, SIM_ROW_SIZES, _xent,
-                lambda be, a, _: be.softmax_cross_entropy(a["logits"], a["labels"], a["grad"], a["loss"]),
-                ("grad", "loss"), lambda s, _: ops.softmax_cross_entropy_cost(*s), "cupy (unfused)", _cupy_xent),
-    BenchKernel("bias-act", "bias_act", "GB/s", "ROWSxCOLS", ROW_SIZES, SIM_ROW_SIZES, _bias_act,
-                lambda be, a, o: be.bias_act(a["x"], a["bias"], o["act"], a["out"]), ("out",),
-                lambda s, o: ops.bias_act_cost(*s, o["act"]), "cupy", _cupy_bias_act),
-    BenchKernel("sgd", "sgd_update", "GB/s", "P", ((7840,), (100_000,), (401_408,), (1_000_000,), (4_000_000,),
-                                                  (16_000_000,)), ((300,), (1000,)), _sgd,
-                lambda be, a, o: be.sgd_update(a["param"], a["grad"], a["velocity"], o["lr"], o["momentum"],
-                                               0.0, o["momentum"] > 0),
-                ("param", "velocity"), lambda s, o: ops.sgd_update_cost(s[0], o["momentum"], 0.0, o["momentum"] > 0),
-                "cupy (unfused)", _cupy_sgd),
-    BenchKernel("gemm", "gemm", "GFLOP/s", "MxNxK", ((128, 512, 784), (256, 256, 256), (512, 512, 512),
-                                                     (1024, 1024, 1024), (2048, 2048, 2048)),
-                ((5, 7, 23), (33, 17, 40)), _gemm, lambda be, a, _: be.gemm(a["a"], a["b"], a["out"]), ("out",),
-                lambda s, _: ops.gemm_cost(*s), "cuBLAS", _cupy_gemm,
-                atol=lambda size: 2e-6 * size[2]),
+    BenchKernel("softmax", "GB/s", "ROWSxCOLS", ROW_SIZES, SIM_ROW_SIZES, _logits, lambda a, _: (a["x"], a["out"]),
+                ("out",), "cupy", _cupy_softmax),
+    BenchKernel("softmax_cross_entropy", "GB/s", "ROWSxCOLS", ROW_SIZES, SIM_ROW_SIZES, _xent,
+                lambda a, _: (a["logits"], a["labels"], a["grad"], a["loss"]),
+                ("grad", "loss"), "cupy (unfused)", _cupy_xent),
+    BenchKernel("bias_act", "GB/s", "ROWSxCOLS", ROW_SIZES, SIM_ROW_SIZES, _bias_act,
+                lambda a, o: (a["x"], a["bias"], o["act"], a["out"]), ("out",), "cupy", _cupy_bias_act),
+    BenchKernel("sgd_update", "GB/s", "P", ((7840,), (100_000,), (401_408,), (1_000_000,), (4_000_000,),
+                                           (16_000_000,)), ((300,), (1000,)), _sgd,
+                lambda a, o: (a["param"], a["grad"], a["velocity"], o["lr"], o["momentum"], 0.0, o["momentum"] > 0),
+                ("param", "velocity"), "cupy (unfused)", _cupy_sgd),
+    BenchKernel("gemm", "GFLOP/s", "MxNxK", ((128, 512, 784), (256, 256, 256), (512, 512, 512),
+                                            (1024, 1024, 1024), (2048, 2048, 2048)),
+                ((5, 7, 23), (33, 17, 40)), _gemm, lambda a, _: (a["a"], a["b"], a["out"]), ("out",),
+                "cuBLAS", _cupy_gemm, atol=lambda size: 2e-6 * size[2]),
 )}
 
 
@@ -357,7 +366,7 @@ def bench(kernel: BenchKernel, sizes, options, reps=20, warmup=3, wanted=None, p
     seconds = {v.name: [] for v in variants}
     values = {v.name: [] for v in variants}
     for size, host in zip(sizes, inputs):
-        cost = kernel.cost(size, options)
+        cost = kernel.cost(host, options)
         work = cost.flops if kernel.metric == "GFLOP/s" else cost.bytes
         for v in variants:
             s = time_variant(v, host, reps, warmup) if v.timer_factory else None
@@ -471,12 +480,12 @@ def register_cli(sub):
                                    "built-in) is checked against a float64 NumPy reference first, then timed, and "
                                    "reported in GB/s or GFLOP/s next to the device's peak.")
     p.add_argument("kernel", choices=sorted(KERNELS), metavar="KERNEL", help=f"one of {', '.join(KERNELS)}")
-    p.add_argument("--sizes", metavar="LIST", help="comma-separated sizes: ROWSxCOLS (or COLS) for softmax, softmax-xent "
-                   "and bias-act; P for sgd; MxNxK (or N) for gemm (default: a sweep)")
+    p.add_argument("--sizes", metavar="LIST", help="comma-separated sizes: ROWSxCOLS (or COLS) for softmax, "
+                   "softmax-cross-entropy and bias-act; P for sgd-update; MxNxK (or N) for gemm (default: a sweep)")
     p.add_argument("--rows", type=positive_int, default=4096, help="rows of the row-wise kernels' sizes (default: 4096)")
     p.add_argument("--variants", metavar="LIST", help="only these variants (numpy, ours, and the built-in's name)")
     p.add_argument("--act", choices=ops.ACTIVATIONS, default="relu", help="bias-act: the activation (default: relu)")
-    p.add_argument("--momentum", type=nonneg_float, default=0.9, help="sgd: momentum, Nesterov when > 0 (default: 0.9)")
+    p.add_argument("--momentum", type=nonneg_float, default=0.9, help="sgd-update: momentum, Nesterov when > 0 (default: 0.9)")
     p.add_argument("--reps", type=positive_int, default=20, help="timed calls per variant and size; the median is reported (default: 20)")
     p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed calls first (default: 3)")
     add_peak_options(p)

@@ -6,7 +6,8 @@
 * timers that are honest for a device (:func:`make_timer`): the wall clock on the CPU,
   CUDA events behind a spin kernel on a GPU, nothing meaningful in the simulator;
 * :class:`OpRecorder`, which records every op a backend runs (:class:`OpCall`: its
-  shapes, its cost by :data:`COST_OF_CALL`, its time and its kernel launches).
+  shapes, its cost by the op's record in :mod:`gpunn.backend.ops`, its time and its kernel
+  launches).
 
 ``gpunn profile`` (:mod:`gpunn.profile`) and ``gpunn bench`` (:mod:`gpunn.bench`) build on
 these; nothing here imports the trainer or a command.
@@ -21,51 +22,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gpunn.backend import ops
+from gpunn.backend.base import Unchecked
 from gpunn.backend.ops import Cost
 
 # ---------------------------------------------------------------------------- what a call costs
 
 
-def _trans(trans_a, trans_b, accumulate):
-    return ("T" if trans_a else "N") + ("T" if trans_b else "N") + (" +=" if accumulate else "")
-
-
-def _sgd_variant(momentum, weight_decay, nesterov):
-    parts = [("nesterov " if nesterov else "") + f"m={momentum:g}" if momentum else "plain"]
-    if weight_decay:
-        parts.append(f"wd={weight_decay:g}")
-    return ", ".join(parts)
-
-
-#: op name -> function of the op's own arguments (the names and order of the Backend
-#: method and of its ``_op`` implementation) giving ``(Cost, variant)``: the cost formula of gpunn.backend.ops for this call, and
-#: the arguments that are not shapes, in words (transposes, activation, momentum).
-COST_OF_CALL = {
-    "gemm": lambda a, b, out, trans_a=False, trans_b=False, accumulate=False: (
-        ops.gemm_cost(out.shape[0], out.shape[1], a.shape[0] if trans_a else a.shape[1], bool(accumulate)),
-        _trans(trans_a, trans_b, accumulate)),
-    "bias_act": lambda x, bias, act, out: (
-        ops.bias_act_cost(*x.shape, act, bias is not None), act if bias is not None else f"{act}, no bias"),
-    "act_backward": lambda y, dy, act, out: (ops.act_backward_cost(*y.shape, act), act),
-    "bias_grad": lambda dy, out: (ops.bias_grad_cost(*dy.shape), ""),
-    "act_bias_backward": lambda y, dy, act, dz, db: (ops.act_bias_backward_cost(*y.shape, act), act),
-    "softmax": lambda x, out: (ops.softmax_cost(*x.shape), ""),
-    "softmax_backward": lambda y, dy, out: (ops.softmax_backward_cost(*y.shape), ""),
-    "softmax_cross_entropy": lambda logits, labels, grad, loss, accumulate=False: (
-        ops.softmax_cross_entropy_cost(*logits.shape), ""),
-    "mse": lambda y, labels, grad, loss, accumulate=False: (ops.mse_cost(*y.shape), ""),
-    "sgd_update": lambda param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False: (
-        ops.sgd_update_cost(int(np.prod(param.shape)), momentum, weight_decay, nesterov),
-        _sgd_variant(momentum, weight_decay, nesterov)),
-    "count_correct": lambda scores, labels, out: (ops.count_correct_cost(*scores.shape), ""),
-    "gather_batch": lambda x, labels, order, cursor, xb, yb: (ops.gather_batch_cost(*xb.shape), ""),
-    "advance_step": lambda cursor, stride, lr_table, lr: (ops.advance_step_cost(), ""),
-}
-
-
 def call_cost(op, *args, **kwargs) -> tuple[Cost, str]:
-    """``(Cost, variant)`` of one call ``backend.<op>(*args, **kwargs)``."""
-    return COST_OF_CALL[op](*args, **kwargs)
+    """``(Cost, variant)`` of one call ``backend.<op>(*args, **kwargs)``, from the op's record."""
+    record = ops.OPS[op]
+    return record.cost(*args, **kwargs), record.variant(*args, **kwargs)
 
 
 def call_shapes(*args, **kwargs) -> tuple:
@@ -215,29 +181,25 @@ def _nvtx_module(backend):
 class OpRecorder:
     """Context manager: record every op ``backend`` runs (and every kernel it launches).
 
-    Wraps the op implementations (``_gemm``, ``_softmax``, ...) on the *instance*
-    with ``setattr`` (the class is untouched, so other backends are unaffected) and
-    restores them on exit.  The implementations are where every call arrives: the
-    public methods call them after checking their arguments, and layers that have
-    checked their own buffers call them directly.  Calls go to ``self.calls`` as
-    :class:`OpCall`, timed by ``timer`` when one is given.  An op called from inside
-    another op is not recorded twice."""
+    Replaces the instance's ``backend.unchecked`` with one whose ops record each call,
+    and puts the original back on exit (other backends are unaffected).  That is where
+    every call arrives: the public methods call through it after checking their
+    arguments, and layers that have checked their own buffers call it directly.
+    Calls go to ``self.calls`` as :class:`OpCall`, timed by ``timer`` when one is given.
+    An op called from inside another op is not recorded twice."""
 
     def __init__(self, backend, timer=None):
         self.backend, self.timer = backend, timer
         self.calls: list[OpCall] = []
         self.stray_launches: list = []  # launches outside any op (none are expected)
         self._current = None
-        self._saved = {}
+        self._saved = None
         self._nvtx = _nvtx_module(backend)
 
     def __enter__(self):
         be = self.backend
-        for name in ops.OPS:
-            attr = "_" + name
-            if attr in vars(be):
-                self._saved[attr] = vars(be)[attr]
-            setattr(be, attr, self._wrap(name, getattr(be, attr)))
+        self._saved = be.unchecked
+        be.unchecked = Unchecked({name: self._wrap(name, getattr(self._saved, name)) for name in ops.OPS})
         hooks = getattr(be, "launch_hooks", None)
         if hooks is not None:
             hooks.insert(0, self._on_launch)
@@ -245,11 +207,7 @@ class OpRecorder:
 
     def __exit__(self, *exc):
         be = self.backend
-        for attr in ("_" + name for name in ops.OPS):
-            if attr in self._saved:
-                setattr(be, attr, self._saved.pop(attr))
-            else:
-                delattr(be, attr)
+        be.unchecked, self._saved = self._saved, None
         hooks = getattr(be, "launch_hooks", None)
         if hooks is not None and self._on_launch in hooks:
             hooks.remove(self._on_launch)

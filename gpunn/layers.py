@@ -11,9 +11,9 @@ Shapes: x (N, in), W (in, out), b (out,), y (N, out).  ``Dense`` computes
 Checks happen once, at the layer's boundary: ``forward`` checks its input and
 ``backward`` the incoming gradient (shape, dtype, C-contiguity, with the layer's name
 in the message); everything else a layer hands to an op is its own buffer, known to
-fit.  So layers call the backends' unchecked implementations (``backend._gemm``, ...)
-directly: the public op methods would repeat the same checks on every call, which on
-a small network costs more than the arithmetic.
+fit.  So layers call the backends' implementations without checks
+(``backend.unchecked.gemm``, ...): the public op methods would repeat the same checks on
+every call, which on a small network costs more than the arithmetic.
 
 A ``Sequential`` keeps all of its parameters in one flat array (and all gradients in
 another); each layer's ``W``, ``b``, ``dW``, ``db`` are C-contiguous views into them,
@@ -128,8 +128,8 @@ class Dense(Layer):
         self._check_input(x, self.in_features)
         be = self.backend
         y = self._buffer("y", x.shape[0], self.out_features)
-        be._gemm(x, self.W, y, False, False, False)                  # (N,in) @ (in,out)
-        be._bias_act(y, self.b, self.activation, y)                  # act(· + b), in place
+        be.unchecked.gemm(x, self.W, y, False, False, False)         # (N,in) @ (in,out)
+        be.unchecked.bias_act(y, self.b, self.activation, y)         # act(· + b), in place
         self._x, self._y = x, y
         return y
 
@@ -139,17 +139,17 @@ class Dense(Layer):
         dz = dy
         if self.activation != "identity":                            # dz = dy * act'(z); db = Σ_rows dz
             dz = self._buffer("dz", n, self.out_features)
-            be._act_bias_backward(self._y, dy, self.activation, dz, self.db)
+            be.unchecked.act_bias_backward(self._y, dy, self.activation, dz, self.db)
             with be.branch():                                        # (may run beside dx; see Backend.branch)
-                be._gemm(self._x, dz, self.dW, True, False, False)   # dW = xᵀ dz
+                be.unchecked.gemm(self._x, dz, self.dW, True, False, False)  # dW = xᵀ dz
         else:
             with be.branch():
-                be._bias_grad(dz, self.db)                           # db = Σ_rows dz
-                be._gemm(self._x, dz, self.dW, True, False, False)   # dW = xᵀ dz
+                be.unchecked.bias_grad(dz, self.db)                  # db = Σ_rows dz
+                be.unchecked.gemm(self._x, dz, self.dW, True, False, False)  # dW = xᵀ dz
         if not self.needs_input_grad:
             return None
         dx = self._buffer("dx", n, self.in_features)
-        be._gemm(dz, self.W, dx, False, True, False)                 # dx = dz Wᵀ
+        be.unchecked.gemm(dz, self.W, dx, False, True, False)        # dx = dz Wᵀ
         return dx
 
 
@@ -172,10 +172,10 @@ class Activation(Layer):
         return {"type": type(self).__name__, "width": self.width}
 
     def _apply(self, x, y):
-        self.backend._bias_act(x, None, self.activation, y)
+        self.backend.unchecked.bias_act(x, None, self.activation, y)
 
     def _gradient(self, y, dy, dx):
-        self.backend._act_backward(y, dy, self.activation, dx)
+        self.backend.unchecked.act_backward(y, dy, self.activation, dx)
 
     def forward(self, x):
         self._check_input(x, self.width)
@@ -207,10 +207,10 @@ class Softmax(Activation):
     """Row-wise softmax as a layer (for MSE on probabilities; cross-entropy fuses it instead)."""
 
     def _apply(self, x, y):
-        self.backend._softmax(x, y)
+        self.backend.unchecked.softmax(x, y)
 
     def _gradient(self, y, dy, dx):
-        self.backend._softmax_backward(y, dy, dx)                    # y * (dy - Σ dy·y)
+        self.backend.unchecked.softmax_backward(y, dy, dx)           # y * (dy - Σ dy·y)
 
 
 LAYER_TYPES = {cls.__name__: cls for cls in (Dense, ReLU, Sigmoid, Tanh, Softmax)}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpunn.backend.base import _check, _check_labels
+from gpunn.backend.ops import _check, _check_labels
 from gpunn.errors import ShapeError
 
 
@@ -16,8 +16,8 @@ class Loss:
     check their range (on a GPU, a synchronisation per call): only for callers that checked
     them once themselves, as the trainer does for its data set."""
 
-    name = "loss"
-    _op = _impl = None  # the op's name, and its implementation's
+    name = "loss"  # its word on the command line (--loss) and in configurations
+    _op = None  # its op's name (the record in gpunn.backend.ops.OPS)
 
     def __init__(self, backend, check_labels=True):
         self.backend = backend
@@ -46,7 +46,7 @@ class Loss:
             self._grad = be.empty(out.shape)
         grad = self._grad[:n]
         # checked above; the gradient buffer is ours: the unchecked implementation
-        getattr(be, self._impl)(out, labels, grad, loss, accumulate)
+        getattr(be.unchecked, self._op)(out, labels, grad, loss, accumulate)
         return grad
 
 
@@ -56,17 +56,19 @@ class SoftmaxCrossEntropy(Loss):
     Takes *logits*: the softmax is fused in, which is both faster and stable."""
 
     name = "cross-entropy"
-    _op, _impl = "softmax_cross_entropy", "_softmax_cross_entropy"
+    _op = "softmax_cross_entropy"
 
 
 class MSE(Loss):
     """The primer's quadratic cost ``C = 1/(2N) Σ ‖y − onehot‖²``; grad ``(y − onehot)/N``."""
 
     name = "mse"
-    _op, _impl = "mse", "_mse"
+    _op = "mse"
 
 
-LOSSES = {"cross-entropy": SoftmaxCrossEntropy, "mse": MSE}
+#: The losses by their command-line word: the one place a word differs from its op's name
+#: (``cross-entropy``, the convention, is the op ``softmax_cross_entropy``).
+LOSSES = {loss.name: loss for loss in (SoftmaxCrossEntropy, MSE)}
 
 
 def get_loss(name, backend, check_labels=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from gpunn.backend.base import _check
+from gpunn.backend.ops import _check
 
 
 def valid_learning_rate(lr) -> bool:
@@ -18,8 +18,8 @@ class SGD:
 
     ``g = grad + weight_decay*p``; ``v = momentum*v + g``; ``p -= lr * (g + momentum*v if nesterov else v)``.
 
-    The arrays are checked once, here; ``step`` then calls the backend's unchecked
-    ``_sgd_update``.  When ``params`` and ``grads`` are views into one flat array each
+    The arrays are checked once, here; ``step`` then calls
+    ``backend.unchecked.sgd_update``.  When ``params`` and ``grads`` are views into one flat array each
     (``Sequential.params``/``.grads`` carry it as ``.flat``), the velocities are views
     into one flat array too, and a step is a single op over all the parameters: the
     same arithmetic element by element, with one call instead of one per array."""
@@ -59,7 +59,7 @@ class SGD:
         which the update reads when it runs (a step captured as a CUDA graph needs that)."""
         lr = self.lr if lr is None else lr if hasattr(lr, "shape") else float(lr)
         self.backend.join()  # every gradient a branch computed is complete (see Backend.branch)
-        update = self.backend._sgd_update
+        update = self.backend.unchecked.sgd_update
         for p, g, v in self._steps:
             update(p, g, v, lr, self.momentum, self.weight_decay, self.nesterov)
 

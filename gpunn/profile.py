@@ -6,12 +6,11 @@ Usage::
     gpunn profile --hidden 1024,1024 --batch-size 512 --json p.json --csv p.csv --trace p.trace.json
     NUMBA_ENABLE_CUDASIM=1 gpunn profile --backend cuda --hidden 16 --batch-size 8   # launch trace
 
-How ``gpunn profile`` measures.  :class:`gpunn.instrument.OpRecorder` replaces the op implementations
-of one backend *instance* (``be._gemm``, ``be._softmax_cross_entropy``, ...) with
-wrappers that record the op, its argument shapes, its cost (the formulas of
-:mod:`gpunn.backend.ops`, via :data:`gpunn.instrument.COST_OF_CALL`) and its time, and puts them back
-on exit; the CUDA backend's launch hook adds every kernel launch (name, grid,
-block) to the op that made it.  One step is the trainer's own
+How ``gpunn profile`` measures.  :class:`gpunn.instrument.OpRecorder` replaces one backend *instance*'s
+``backend.unchecked`` (the one door to its op implementations) with wrappers that record
+the op, its argument shapes, its cost (the op's record in :mod:`gpunn.backend.ops`) and
+its time, and puts it back on exit; the CUDA backend's launch hook adds every kernel
+launch (name, grid, block) to the op that made it.  One step is the trainer's own
 ``Trainer.train_step`` (forward, loss, accuracy count, backward, SGD update) on a
 random batch of MNIST's shape, so no data files are needed.
 

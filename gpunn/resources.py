@@ -53,7 +53,7 @@ def format_kernels(rows) -> str:
               str(r["blocks_per_sm"]), f"{r['warps_per_sm']}/{r['max_warps_per_sm']}",
               f"{r['occupancy_percent']:.3g}%", ", ".join(r["limited_by"])] for r in rows]
     note = ("block: the most threads the backend launches the kernel with; the row-wise kernels (softmax, "
-            "softmax_xent, mse, count_correct) use the smallest power of two >= the row width, at least 32 "
+            "softmax_cross_entropy, mse, count_correct) use the smallest power of two >= the row width, at least 32 "
             "(32 for 10 classes): --block N shows another size, and `gpunn profile` in the simulator every launch.")
     return text_table(headers, cells, right=headers[3:10]) + "\n" + note
 

@@ -102,14 +102,14 @@ def build_model(cfg: TrainConfig, in_features: int, num_classes: int, backend):
 
 def evaluate(model, x, y, batch_size=1000):
     """Accuracy (0..1) of ``model`` on device arrays x (N, D), int32 y (N,), in large batches."""
-    from gpunn.backend.base import _check, _check_labels
+    from gpunn.backend.ops import _check, _check_labels
 
     be = model.backend
     _check("evaluate", "y", y, shape=(x.shape[0],), dtype=np.int32)
     _check_labels("evaluate", y, model.out_features, be)  # once here, not per batch (a GPU synchronisation)
     correct = be.zeros((1,), np.int32)
     for start, stop in batch_slices(x.shape[0], batch_size):
-        be._count_correct(model.forward(x[start:stop]), y[start:stop], correct)
+        be.unchecked.count_correct(model.forward(x[start:stop]), y[start:stop], correct)
     return int(be.to_numpy(correct)[0]) / x.shape[0]
 
 
@@ -243,9 +243,9 @@ class Trainer:
         train on it at the device's rate, advance the cursor and the rate."""
         be = self.backend
         xb, yb = self._xb[:m], self._yb[:m]
-        be._gather_batch(self.train_x, self.train_y, self._order, self._cursor, xb, yb)
+        be.unchecked.gather_batch(self.train_x, self.train_y, self._order, self._cursor, xb, yb)
         self.train_step(xb, yb, self._lr)
-        be._advance_step(self._cursor, m, self._lr_table, self._lr)
+        be.unchecked.advance_step(self._cursor, m, self._lr_table, self._lr)
 
     def _capture(self, m):
         """Capture the step of ``m`` rows as a CUDA graph (after one eager step: compiled, allocated)."""
@@ -303,7 +303,7 @@ class Trainer:
         out = self.model.forward(xb)
         grad = self.loss_fn(out, yb, self._loss_sum, accumulate=True)
         with self.backend.branch():  # beside the backward pass (see Backend.branch)
-            self.backend._count_correct(out, yb, self._correct)  # shapes known: the loss checked them
+            self.backend.unchecked.count_correct(out, yb, self._correct)  # shapes known: the loss checked them
         self.model.backward(grad)
         self.optimizer.step(lr)  # (after every branch: it joins them)
 

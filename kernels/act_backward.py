@@ -8,12 +8,8 @@ from __future__ import annotations
 
 from numba import cuda, float32, int32, void
 
-from gpunn.backend import ops
-from gpunn.kernels.bias_act import RELU, SIGMOID, TANH
-from gpunn.kernels.launch import ELEMENTWISE_THREADS, F0, ONE, KernelSpec, elementwise_config
-
-cost = ops.act_backward_cost
-"""FLOPs and bytes of one call (the op set's formula)."""
+from .bias_act import RELU, SIGMOID, TANH
+from .launch import ELEMENTWISE_THREADS, F0, ONE, KernelSpec, elementwise_config
 
 
 @cuda.jit(device=True)

@@ -19,11 +19,7 @@ from __future__ import annotations
 
 from numba import cuda, float32, int32, void
 
-from gpunn.backend import ops
-from gpunn.kernels.launch import ROW_THREADS, KernelSpec, row_config
-
-gather_cost = ops.gather_batch_cost
-advance_cost = ops.advance_step_cost
+from .launch import ROW_THREADS, KernelSpec, row_config
 
 
 @cuda.jit

@@ -14,15 +14,11 @@ import math
 
 from numba import cuda, float32, int32, void
 
-from gpunn.backend import ops
-from gpunn.kernels.launch import ELEMENTWISE_THREADS, F0, HALF, ONE, KernelSpec, elementwise_config
+from .launch import ELEMENTWISE_THREADS, F0, HALF, ONE, KernelSpec, elementwise_config
 
 #: Activation codes passed to the kernels (a uniform branch, so one kernel serves all).
 ACT_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 RELU, SIGMOID, TANH = ACT_CODES["relu"], ACT_CODES["sigmoid"], ACT_CODES["tanh"]
-
-cost = ops.bias_act_cost
-"""FLOPs and bytes of one call (the op set's formula)."""
 
 
 @cuda.jit(device=True)

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from numba import cuda, float32, int32, int64, void
 
-from gpunn.backend import ops
-from gpunn.kernels.act_backward import act_grad
-from gpunn.kernels.launch import (
+from .act_backward import act_grad
+from .launch import (
     ELEMENTWISE_THREADS,
     F0,
     MAX_GRID_YZ,
@@ -32,10 +31,6 @@ TILE_COLS = 32  # columns per block (threadIdx.x)
 ROW_LANES = 8  # rows summed in parallel per block (threadIdx.y); a power of two
 MIN_ROWS_PER_CHUNK = 256
 PARTIAL_BUDGET = 1 << 22  # most floats the stage-1 partial sums may take (16 MiB)
-
-cost = ops.bias_grad_cost
-"""FLOPs and bytes of one call (the op set's formula; the partial sums are extra traffic)."""
-act_cost = ops.act_bias_backward_cost
 
 
 @cuda.jit(device=True)

@@ -12,12 +12,8 @@ from __future__ import annotations
 
 from numba import cuda, float32, int32, void
 
-from gpunn.backend import ops
-from gpunn.kernels.launch import NEG_INF, ROW_THREADS, KernelSpec, row_config
-from gpunn.kernels.reduce import block_argmax
-
-cost = ops.count_correct_cost
-"""FLOPs and bytes of one call (the op set's formula)."""
+from .launch import NEG_INF, ROW_THREADS, KernelSpec, row_config
+from .reduce import block_argmax
 
 
 @cuda.jit

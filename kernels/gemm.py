@@ -20,16 +20,12 @@ from __future__ import annotations
 
 from numba import cuda, float32, int32, void
 
-from gpunn.backend import ops
-from gpunn.kernels.launch import F0, MAX_GRID_YZ, KernelSpec, cdiv, clamp_grid
+from .launch import F0, MAX_GRID_YZ, KernelSpec, cdiv, clamp_grid
 
 TILE = 32  # out tile is TILE x TILE; K is consumed TILE at a time
 LANES = 8  # threadIdx.y; each thread owns TILE // LANES rows of the tile
 ROWS_PER_THREAD = TILE // LANES
 PADDED = TILE + 1  # shared tiles' row length: transposed stores hit 32 different banks
-
-cost = ops.gemm_cost
-"""FLOPs and bytes of one call (the op set's formula)."""
 
 
 @cuda.jit(device=True)

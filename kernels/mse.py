@@ -9,12 +9,8 @@ from __future__ import annotations
 
 from numba import cuda, float32, int32, void
 
-from gpunn.backend import ops
-from gpunn.kernels.launch import F0, ONE, ROW_THREADS, KernelSpec, row_config
-from gpunn.kernels.reduce import SUM, block_reduce
-
-cost = ops.mse_cost
-"""FLOPs and bytes of one call, both kernels together (the op set's formula)."""
+from .launch import F0, ONE, ROW_THREADS, KernelSpec, row_config
+from .reduce import SUM, block_reduce
 
 
 @cuda.jit

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from numba import cuda, float32, int32, void
 
-from gpunn.kernels.launch import F0, ROW_THREADS, KernelSpec, check_pow2_threads
+from .launch import F0, ROW_THREADS, KernelSpec, check_pow2_threads
 
 
 SUM = 0

@@ -12,11 +12,7 @@ from __future__ import annotations
 
 from numba import cuda, float32, int32, void
 
-from gpunn.backend import ops
-from gpunn.kernels.launch import ELEMENTWISE_THREADS, F0, KernelSpec, elementwise_config
-
-cost = ops.sgd_update_cost
-"""FLOPs and bytes of one call (the op set's formula)."""
+from .launch import ELEMENTWISE_THREADS, F0, KernelSpec, elementwise_config
 
 
 @cuda.jit

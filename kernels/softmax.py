@@ -17,14 +17,8 @@ import math
 
 from numba import cuda, float32, void
 
-from gpunn.backend import ops
-from gpunn.kernels.launch import F0, NEG_INF, ROW_THREADS, KernelSpec, row_config
-from gpunn.kernels.reduce import MAX, SUM, block_reduce
-
-cost = ops.softmax_cost
-"""FLOPs and bytes of one forward call (the op set's formula)."""
-backward_cost = ops.softmax_backward_cost
-"""FLOPs and bytes of one backward call (the op set's formula)."""
+from .launch import F0, NEG_INF, ROW_THREADS, KernelSpec, row_config
+from .reduce import MAX, SUM, block_reduce
 
 
 @cuda.jit(device=True)

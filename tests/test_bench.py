@@ -13,7 +13,7 @@ from gpunn.env import simulator_on
 from gpunn.roofline import Peaks
 
 PEAK_ARGS = ["--peak-gflops", "100", "--peak-gbs", "10"]
-TINY = {"softmax": "6x10", "softmax-xent": "6x10", "bias-act": "6x10", "sgd": "100", "gemm": "5x7x23"}
+TINY = {"softmax": "6x10", "softmax-cross-entropy": "6x10", "bias-act": "6x10", "sgd-update": "100", "gemm": "5x7x23"}
 OPTIONS = {"act": "tanh", "momentum": 0.9, "lr": 0.1}
 
 
@@ -25,10 +25,10 @@ def gpunn(*args, env=None):
 def test_sizes_parse_in_each_kernels_form():
     assert parse_size(KERNELS["softmax"], "4096x10") == (4096, 10)
     assert parse_size(KERNELS["softmax"], "10", rows=64) == (64, 10)
-    assert parse_size(KERNELS["sgd"], "1e6") == (1_000_000,)
+    assert parse_size(KERNELS["sgd-update"], "1e6") == (1_000_000,)
     assert parse_size(KERNELS["gemm"], "128x512x784") == (128, 512, 784)
     assert parse_size(KERNELS["gemm"], "256") == (256, 256, 256)
-    for kernel, text in (("softmax", "4x0"), ("softmax", "axb"), ("gemm", "2x3"), ("sgd", "1.5")):
+    for kernel, text in (("softmax", "4x0"), ("softmax", "axb"), ("gemm", "2x3"), ("sgd-update", "1.5")):
         with pytest.raises(ValueError, match="size"):
             parse_size(KERNELS[kernel], text)
 
@@ -83,7 +83,7 @@ def test_bench_command_prints_a_table_and_writes_json(tmp_path):
 
 def test_plot_is_a_png_or_a_clear_error(tmp_path):
     png = tmp_path / "b.png"
-    r = gpunn("bench", "sgd", "--sizes", "100,1000", "--reps", "2", "--variants", "numpy", *PEAK_ARGS,
+    r = gpunn("bench", "sgd-update", "--sizes", "100,1000", "--reps", "2", "--variants", "numpy", *PEAK_ARGS,
               "--plot", png, env={"NUMBA_ENABLE_CUDASIM": "0"})
     try:
         import matplotlib  # noqa: F401
@@ -98,7 +98,7 @@ def test_plot_is_a_png_or_a_clear_error(tmp_path):
 @pytest.mark.skipif(not simulator_on(), reason="the CUDA simulator is off")
 def test_our_kernels_are_validated_in_the_simulator_but_not_timed():
     pytest.importorskip("numba")
-    for name in ("softmax-xent", "gemm"):
+    for name in ("softmax-cross-entropy", "gemm"):
         kernel = KERNELS[name]
         res = bench(kernel, [parse_size(kernel, TINY[name])], OPTIONS, reps=2, warmup=0)
         assert res.variants == ["numpy", "ours"] and res.seconds["ours"] == [None]

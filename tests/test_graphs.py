@@ -15,6 +15,7 @@ import pytest
 
 from conftest import simulator_on
 from gpunn.backend import NumpyBackend, ops
+from gpunn.backend.base import Unchecked
 from gpunn.train import TrainConfig, Trainer
 from test_train import toy_data
 
@@ -38,14 +39,13 @@ class RecordingBackend(NumpyBackend):
 
     def capture(self, fn):
         calls = []
-        for op in ops.OPS:  # record, do not run: nothing executes during a capture
-            real = getattr(self, "_" + op)
-            setattr(self, "_" + op, lambda *a, _real=real, **k: calls.append((_real, a, k)))
+        real = self.unchecked  # record, do not run: nothing executes during a capture
+        self.unchecked = Unchecked({op: lambda *a, _real=getattr(real, op), **k: calls.append((_real, a, k))
+                                    for op in ops.OPS})
         try:
             fn()
         finally:
-            for op in ops.OPS:
-                delattr(self, "_" + op)
+            self.unchecked = real
         self.captures += 1
 
         def replay():

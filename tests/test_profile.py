@@ -1,4 +1,5 @@
 """gpunn profile and gpunn kernels: costs, the recorder, the table's arithmetic, and the commands' outputs."""
+import contextlib
 import csv
 import inspect
 import json
@@ -11,7 +12,7 @@ import pytest
 
 from gpunn.backend import NumpyBackend, ops
 from gpunn.backend.base import Backend
-from gpunn.instrument import COST_OF_CALL, OpRecorder, annotate_nvtx, call_cost
+from gpunn.instrument import OpRecorder, annotate_nvtx, call_cost
 from gpunn.profile import profile_step, synthetic_trainer
 from gpunn.roofline import GPU_PEAKS, Peaks, cpu_peaks, lookup_gpu, peaks_from_properties, percent_of_peak
 from gpunn.train import TrainConfig
@@ -49,12 +50,22 @@ def test_cost_formulas_match_hand_counts():
     assert ops.sgd_update_cost(5, 0.0, 0.0, False) == (2 * 5, 4 * 3 * 5)
 
 
-def test_every_op_has_a_cost_mapping_with_the_backend_signature():
-    assert set(COST_OF_CALL) == set(ops.OPS)
-    for name, fn in COST_OF_CALL.items():
-        params = list(inspect.signature(fn).parameters)
-        for method in (name, "_" + name):  # the public op and its implementation, which the recorder wraps
-            assert list(inspect.signature(getattr(Backend, method)).parameters)[1:] == params, method
+def test_every_op_record_costs_a_call_with_the_backend_signature():
+    from gpunn.backend.numpy_fused import FusedNumpyBackend
+
+    implementations = [NumpyBackend, FusedNumpyBackend]
+    with contextlib.suppress(ImportError):  # the cuda backend's module imports without a GPU when Numba is here
+        from gpunn.backend.cuda_backend import CudaBackend
+        implementations.append(CudaBackend)
+    for name, op in ops.OPS.items():
+        params = list(op.args)
+        for fn in (op.cost, op.variant):  # written by hand in the record: the op's own arguments
+            if fn.__name__ != "_no_variant":
+                assert list(inspect.signature(fn).parameters) == params, (name, fn)
+        # the public op; the implementations, which the recorder wraps, take the same arguments in order
+        assert list(inspect.signature(getattr(Backend, name)).parameters)[1:] == params, name
+        for cls in implementations:
+            assert list(inspect.signature(getattr(cls, "_" + name)).parameters)[1:] == params, (cls, name)
 
 
 def test_gemm_call_cost_reads_m_n_k_through_the_transposes():
@@ -115,13 +126,14 @@ def test_cpu_peaks_are_measured_once_then_cached(tmp_path, monkeypatch):
 
 def test_recorder_wraps_the_instance_only_and_restores_it():
     be, other = NumpyBackend(), NumpyBackend()
+    original = be.unchecked
     with OpRecorder(be) as rec:
-        assert "_gemm" in vars(be) and "_gemm" not in vars(other)
+        assert be.unchecked is not original and other.unchecked.gemm == other._gemm
         a = np.ones((2, 3), np.float32)
         out = np.empty((2, 2), np.float32)
         be.gemm(a, a, out, trans_b=True)
         other.gemm(a, a, out, trans_b=True)
-    assert not any(name in vars(be) or "_" + name in vars(be) for name in ops.OPS)
+    assert be.unchecked is original and not any(name in vars(be) or "_" + name in vars(be) for name in ops.OPS)
     (call,) = rec.take()  # only the wrapped instance's call
     assert (call.op, call.variant, call.shapes, call.cost) == ("gemm", "NT", ((2, 3), (2, 3), (2, 2)),
                                                                ops.gemm_cost(2, 2, 3))

@@ -54,7 +54,7 @@ from gpunn.kernels import (
     reduce,
     sgd,
     softmax,
-    softmax_xent,
+    softmax_cross_entropy,
 )
 from gpunn.kernels.launch import ELEMENTWISE_THREADS, ROW_THREADS, check_pow2_threads, source_digest
 from gpunn.occupancy import parse_arch
@@ -91,7 +91,7 @@ def cuda_unavailable_reason() -> str | None:
 class Launch(NamedTuple):
     """One kernel launch, as the launch hooks see it."""
 
-    name: str  # the KernelSpec name, e.g. "softmax_xent"
+    name: str  # the KernelSpec name, e.g. "softmax_cross_entropy"
     kernel: Callable  # the @cuda.jit dispatcher
     grid: tuple | int
     block: tuple | int
@@ -365,8 +365,8 @@ class CudaBackend(Backend):
         def plan():
             n, c = logits.shape
             row_loss = self._workspace("row_loss", (n,))
-            return [("softmax_xent", softmax_xent.softmax_xent_kernel,
-                     *softmax_xent.launch_config(n, c, self.threads, self.max_blocks),
+            return [("softmax_cross_entropy", softmax_cross_entropy.softmax_cross_entropy_kernel,
+                     *softmax_cross_entropy.launch_config(n, c, self.threads, self.max_blocks),
                      (logits, labels, grad, row_loss, f32(1.0 / n))),
                     self._finish_loss(row_loss, loss, n, accumulate)]
 

@@ -1,8 +1,11 @@
 """The op set: what every backend must implement, and what each op costs.
 
-This module is the contract ("the op set is the contract"). It names each op, its
-shapes and dtypes, and gives its cost in floating-point operations and bytes moved,
-so the profiler, the benchmarks and the kernels' own cost helpers all agree.
+This module is the contract ("the op set is the contract").  Each op has one record,
+an :class:`Op` in :data:`OPS`: its name, its arguments, what it means, the checks of
+its arguments (shapes, dtypes, contiguity, label range), the cost of one call in
+floating-point operations and bytes moved, and its non-shape arguments in words.
+The backends' checked methods, ``backend.unchecked``, the profiler, ``gpunn bench``
+and the tests all read the records, so they cannot disagree about the op set.
 
 Conventions
 -----------
@@ -22,7 +25,13 @@ Conventions
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import inspect
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from gpunn.errors import ShapeError
 
 ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
 
@@ -130,19 +139,307 @@ def advance_step_cost() -> Cost:
     return Cost(2, I32 * 4 + F32 * 2)
 
 
-#: Every op of the contract, with its cost function.  A backend implements exactly these.
-OPS = {
-    "gemm": gemm_cost,
-    "bias_act": bias_act_cost,
-    "act_backward": act_backward_cost,
-    "bias_grad": bias_grad_cost,
-    "act_bias_backward": act_bias_backward_cost,
-    "softmax": softmax_cost,
-    "softmax_backward": softmax_backward_cost,
-    "softmax_cross_entropy": softmax_cross_entropy_cost,
-    "mse": mse_cost,
-    "sgd_update": sgd_update_cost,
-    "count_correct": count_correct_cost,
-    "gather_batch": gather_batch_cost,
-    "advance_step": advance_step_cost,
-}
+
+# ---------------------------------------------------------------------------- argument checks
+
+float32 = np.dtype(np.float32)
+int32 = np.dtype(np.int32)
+
+
+def _check(op, name, a, shape=None, dtype=float32, ndim=None):
+    """Raise ShapeError naming the op and argument when ``a`` is not as expected."""
+    if dtype is None:
+        dtype = float32
+    if getattr(a, "dtype", None) != dtype:
+        raise ShapeError(f"{op}: {name} must be {dtype}, got {getattr(a, 'dtype', type(a).__name__)}")
+    if ndim is not None and a.ndim != ndim:
+        raise ShapeError(f"{op}: {name} must be {ndim}-D, got shape {tuple(a.shape)}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ShapeError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+    if not a.flags.c_contiguous:
+        raise ShapeError(f"{op}: {name} must be C-contiguous")
+
+
+def _check_labels(op, labels, classes, backend):
+    """Raise ShapeError naming the op, the first label outside ``0..classes-1`` and its index.
+
+    A label out of range is an out-of-bounds read in every kernel that takes labels (a wrong
+    loss, or a crash), so the checked public ops read the labels to the host and look: on
+    a GPU that is a synchronisation.  Callers whose labels were validated once on the host
+    (the trainer's steps) call ``backend.unchecked`` instead."""
+    host = backend.to_numpy(labels)
+    if host.size == 0 or (int(host.min()) >= 0 and int(host.max()) < classes):
+        return
+    i = int(np.flatnonzero((host < 0) | (host >= classes))[0])
+    raise ShapeError(f"{op}: label {int(host[i])} at index {i} is outside 0..{classes - 1} "
+                     f"(the scores have {classes} classes)")
+
+
+def _check_act(op, act):
+    if act not in ACTIVATIONS:
+        raise ValueError(f"{op}: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+
+
+# ---------------------------------------------------------------------------- one record per op
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of the contract.
+
+    ``check(backend, *args, **kwargs)`` checks a call's arguments (raising ShapeError or
+    ValueError naming the op and the argument) and returns them as the implementation takes
+    them: every one of ``args``, in order, positionally.  Its signature, less ``backend``, and
+    its docstring are the checked method's (``backend.<name>``).  ``cost`` and ``variant`` take
+    the same arguments: the FLOPs and bytes of that one call (the shape-based formulas above),
+    and the arguments that are not shapes, in words ("relu", "NT", "nesterov m=0.9")."""
+
+    name: str
+    args: tuple  # the parameter names, in order, as the public method takes them
+    meaning: str  # one line
+    check: Callable  # (backend, *args, **kwargs) -> tuple of every argument, in order
+    cost: Callable  # (*args, **kwargs) -> Cost
+    variant: Callable  # (*args, **kwargs) -> str
+
+    @property
+    def word(self) -> str:
+        """The op's name on the command line (``gpunn bench softmax-cross-entropy``)."""
+        return self.name.replace("_", "-")
+
+    @property
+    def doc(self) -> str:
+        """What the op computes, its shapes and dtypes: the checked method's docstring."""
+        return inspect.getdoc(self.check) or ""
+
+    @property
+    def signature(self) -> inspect.Signature:
+        """The checked method's signature (``self`` first)."""
+        sig = inspect.signature(self.check)
+        params = list(sig.parameters.values())
+        return sig.replace(parameters=[params[0].replace(name="self"), *params[1:]])
+
+
+OPS: dict[str, Op] = {}
+"""Every op of the contract, by name, in the order a backend implements them."""
+
+
+def _no_variant(*args, **kwargs) -> str:
+    return ""
+
+
+def _op(cost, variant=_no_variant):
+    """Make the decorated check function the record of the op it is named after: the record
+    goes into :data:`OPS` and takes the function's name here (``ops.gemm`` is gemm's record)."""
+
+    def record(check):
+        args = tuple(inspect.signature(check).parameters)[1:]  # less backend
+        meaning = " ".join(inspect.getdoc(check).split("\n\n")[0].split())
+        op = OPS[check.__name__] = Op(check.__name__, args, meaning, check, cost, variant)
+        return op
+
+    return record
+
+
+def _trans(a, b, out, trans_a=False, trans_b=False, accumulate=False):
+    return ("T" if trans_a else "N") + ("T" if trans_b else "N") + (" +=" if accumulate else "")
+
+
+@_op(cost=lambda a, b, out, trans_a=False, trans_b=False, accumulate=False: gemm_cost(
+         out.shape[0], out.shape[1], a.shape[0] if trans_a else a.shape[1], bool(accumulate)),
+     variant=_trans)
+def gemm(backend, a, b, out, trans_a=False, trans_b=False, accumulate=False):
+    """``out = op(a) @ op(b)`` (``+ out`` if accumulate), op = transpose when asked.
+
+    a: (M,K) or (K,M) if trans_a; b: (K,N) or (N,K) if trans_b; out: (M,N).
+    Forward ``XW``; backward ``Xᵀ dY`` (trans_a) and ``dY Wᵀ`` (trans_b)."""
+    _check("gemm", "a", a, ndim=2, dtype=backend.dtype)
+    _check("gemm", "b", b, ndim=2, dtype=backend.dtype)
+    m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if k != kb:
+        raise ShapeError(f"gemm: inner dimensions differ: op(a) is {(m, k)}, op(b) is {(kb, n)}")
+    _check("gemm", "out", out, shape=(m, n), dtype=backend.dtype)
+    return a, b, out, trans_a, trans_b, accumulate
+
+
+@_op(cost=lambda x, bias, act, out: bias_act_cost(*x.shape, act, bias is not None),
+     variant=lambda x, bias, act, out: act if bias is not None else f"{act}, no bias")
+def bias_act(backend, x, bias, act, out):
+    """``out = act(x + bias)``, x/out (N,D), bias (D,) or None; out may be x."""
+    _check_act("bias_act", act)
+    _check("bias_act", "x", x, ndim=2, dtype=backend.dtype)
+    if bias is not None:
+        _check("bias_act", "bias", bias, shape=(x.shape[1],), dtype=backend.dtype)
+    _check("bias_act", "out", out, shape=x.shape, dtype=backend.dtype)
+    return x, bias, act, out
+
+
+@_op(cost=lambda y, dy, act, out: act_backward_cost(*y.shape, act), variant=lambda y, dy, act, out: act)
+def act_backward(backend, y, dy, act, out):
+    """``out = dy * act'(·)`` written with the saved *output* y = act(z); out may be dy.
+
+    relu: dy*(y>0); sigmoid: dy*y*(1-y); tanh: dy*(1-y²); identity: dy."""
+    _check_act("act_backward", act)
+    _check("act_backward", "y", y, ndim=2, dtype=backend.dtype)
+    _check("act_backward", "dy", dy, shape=y.shape, dtype=backend.dtype)
+    _check("act_backward", "out", out, shape=y.shape, dtype=backend.dtype)
+    return y, dy, act, out
+
+
+@_op(cost=lambda dy, out: bias_grad_cost(*dy.shape))
+def bias_grad(backend, dy, out):
+    """``out (D,) = dy (N,D) summed over rows`` (a column reduction)."""
+    _check("bias_grad", "dy", dy, ndim=2, dtype=backend.dtype)
+    _check("bias_grad", "out", out, shape=(dy.shape[1],), dtype=backend.dtype)
+    return dy, out
+
+
+@_op(cost=lambda y, dy, act, dz, db: act_bias_backward_cost(*y.shape, act), variant=lambda y, dy, act, dz, db: act)
+def act_bias_backward(backend, y, dy, act, dz, db):
+    """A dense layer's backward through its activation and bias, fused:
+    ``dz = dy * act'(·)`` (as ``act_backward``) and ``db = dz`` summed over rows (as ``bias_grad``).
+
+    y, dy, dz (N,D); db (D,); dz may be dy.  One pass over the data instead of two."""
+    _check_act("act_bias_backward", act)
+    _check("act_bias_backward", "y", y, ndim=2, dtype=backend.dtype)
+    _check("act_bias_backward", "dy", dy, shape=y.shape, dtype=backend.dtype)
+    _check("act_bias_backward", "dz", dz, shape=y.shape, dtype=backend.dtype)
+    _check("act_bias_backward", "db", db, shape=(y.shape[1],), dtype=backend.dtype)
+    return y, dy, act, dz, db
+
+
+@_op(cost=lambda x, out: softmax_cost(*x.shape))
+def softmax(backend, x, out):
+    """Row-wise ``out = exp(x - max) / sum(exp(x - max))``, (N,C); out may be x."""
+    _check("softmax", "x", x, ndim=2, dtype=backend.dtype)
+    _check("softmax", "out", out, shape=x.shape, dtype=backend.dtype)
+    return x, out
+
+
+@_op(cost=lambda y, dy, out: softmax_backward_cost(*y.shape))
+def softmax_backward(backend, y, dy, out):
+    """``out = y * (dy - rowsum(dy * y))`` with y = softmax output; out may be dy."""
+    _check("softmax_backward", "y", y, ndim=2, dtype=backend.dtype)
+    _check("softmax_backward", "dy", dy, shape=y.shape, dtype=backend.dtype)
+    _check("softmax_backward", "out", out, shape=y.shape, dtype=backend.dtype)
+    return y, dy, out
+
+
+@_op(cost=lambda logits, labels, grad, loss, accumulate=False: softmax_cross_entropy_cost(*logits.shape))
+def softmax_cross_entropy(backend, logits, labels, grad, loss, accumulate=False):
+    """Fused softmax + cross-entropy on logits (N,C) and int32 labels (N,).
+
+    ``grad = (softmax(logits) - onehot(labels)) / N``;
+    ``loss[0] = mean(logsumexp(logits) - logits[label])`` (``+=`` if accumulate).
+    Stable for any finite logits: no probability is ever logged."""
+    _check("softmax_cross_entropy", "logits", logits, ndim=2, dtype=backend.dtype)
+    _check("softmax_cross_entropy", "labels", labels, shape=(logits.shape[0],), dtype=int32)
+    _check("softmax_cross_entropy", "grad", grad, shape=logits.shape, dtype=backend.dtype)
+    _check("softmax_cross_entropy", "loss", loss, shape=(1,), dtype=backend.dtype)
+    _check_labels("softmax_cross_entropy", labels, logits.shape[1], backend)
+    return logits, labels, grad, loss, accumulate
+
+
+@_op(cost=lambda y, labels, grad, loss, accumulate=False: mse_cost(*y.shape))
+def mse(backend, y, labels, grad, loss, accumulate=False):
+    """Quadratic cost against one-hot targets, y (N,C), int32 labels (N,).
+
+    ``loss[0] = sum((y - onehot)**2) / (2N)`` (``+=`` if accumulate);
+    ``grad = (y - onehot) / N``.  This is the primer's C = 1/2n Σ‖y(x) − a‖²."""
+    _check("mse", "y", y, ndim=2, dtype=backend.dtype)
+    _check("mse", "labels", labels, shape=(y.shape[0],), dtype=int32)
+    _check("mse", "grad", grad, shape=y.shape, dtype=backend.dtype)
+    _check("mse", "loss", loss, shape=(1,), dtype=backend.dtype)
+    _check_labels("mse", labels, y.shape[1], backend)
+    return y, labels, grad, loss, accumulate
+
+
+def _sgd_variant(param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    parts = [("nesterov " if nesterov else "") + f"m={momentum:g}" if momentum else "plain"]
+    if weight_decay:
+        parts.append(f"wd={weight_decay:g}")
+    return ", ".join(parts)
+
+
+@_op(cost=lambda param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False: sgd_update_cost(
+         int(np.prod(param.shape)), momentum, weight_decay, nesterov),
+     variant=_sgd_variant)
+def sgd_update(backend, param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    """One fused SGD step on one parameter, in place (PyTorch's definition).
+
+    ``g = grad + weight_decay * param``; with momentum ``v = momentum * v + g`` and
+    ``step = g + momentum * v`` (Nesterov) or ``v``; without, ``step = g``;
+    ``param -= lr * step``.  velocity may be None when momentum is 0.
+
+    ``lr`` is a number, or a one-element array on the device whose value the op reads
+    when it runs (a step replayed as a CUDA graph gets its rate that way)."""
+    _check("sgd_update", "param", param, dtype=backend.dtype)
+    _check("sgd_update", "grad", grad, shape=param.shape, dtype=backend.dtype)
+    if momentum:
+        _check("sgd_update", "velocity", velocity, shape=param.shape, dtype=backend.dtype)
+    if hasattr(lr, "shape"):
+        _check("sgd_update", "lr", lr, shape=(1,), dtype=backend.dtype)
+    else:
+        lr = float(lr)
+    return param, grad, velocity, lr, float(momentum), float(weight_decay), bool(nesterov)
+
+
+@_op(cost=lambda scores, labels, out: count_correct_cost(*scores.shape))
+def count_correct(backend, scores, labels, out):
+    """``out[0] += number of rows whose argmax (first on ties) equals the label``.
+
+    scores (N,C) float32, labels (N,) int32, out (1,) int32."""
+    _check("count_correct", "scores", scores, ndim=2, dtype=backend.dtype)
+    _check("count_correct", "labels", labels, shape=(scores.shape[0],), dtype=int32)
+    _check("count_correct", "out", out, shape=(1,), dtype=int32)
+    _check_labels("count_correct", labels, scores.shape[1], backend)
+    return scores, labels, out
+
+
+@_op(cost=lambda x, labels, order, cursor, xb, yb: gather_batch_cost(*xb.shape))
+def gather_batch(backend, x, labels, order, cursor, xb, yb):
+    """The batch at the cursor: ``xb[i] = x[order[c + i]]``, ``yb[i] = labels[order[c + i]]``.
+
+    x (N,D) float, labels (N,) int32, order (M,) int32 (an epoch's permutation of
+    0..N-1), cursor (2,) int32 whose ``c = cursor[0]`` is read on the device when the
+    op runs, xb (B,D), yb (B,).  The training step's batch comes from device memory,
+    so a step captured as a CUDA graph trains on a new batch at every replay.
+
+    This checked form reads the cursor and that part of ``order`` back to validate
+    them (on a GPU, a synchronisation); the trainer calls ``unchecked.gather_batch``."""
+    _check("gather_batch", "x", x, ndim=2, dtype=backend.dtype)
+    _check("gather_batch", "labels", labels, shape=(x.shape[0],), dtype=int32)
+    _check("gather_batch", "order", order, ndim=1, dtype=int32)
+    _check("gather_batch", "cursor", cursor, shape=(2,), dtype=int32)
+    _check("gather_batch", "xb", xb, ndim=2, dtype=backend.dtype)
+    if xb.shape[1] != x.shape[1]:
+        raise ShapeError(f"gather_batch: xb must have {x.shape[1]} columns like x, got shape {tuple(xb.shape)}")
+    _check("gather_batch", "yb", yb, shape=(xb.shape[0],), dtype=int32)
+    start, b = int(backend.to_numpy(cursor)[0]), xb.shape[0]
+    if not 0 <= start <= order.shape[0] - b:
+        raise ShapeError(f"gather_batch: cursor[0] = {start} leaves no room for {b} rows in an order of "
+                         f"{order.shape[0]}")
+    index = backend.to_numpy(order[start:start + b])
+    bad = np.flatnonzero((index < 0) | (index >= x.shape[0]))
+    if bad.size:
+        raise ShapeError(f"gather_batch: order[{start + int(bad[0])}] = {int(index[bad[0]])} is outside "
+                         f"0..{x.shape[0] - 1}")
+    return x, labels, order, cursor, xb, yb
+
+
+@_op(cost=lambda cursor, stride, lr_table, lr: advance_step_cost())
+def advance_step(backend, cursor, stride, lr_table, lr):
+    """Move on to the next step, on the device: ``cursor[0] += stride``, ``cursor[1] += 1``,
+    ``lr[0] = lr_table[min(cursor[1], len(lr_table) - 1)]``.
+
+    cursor (2,) int32 = (position in the epoch's order, step), lr_table (T,) the
+    schedule's rate at each step (the trainer's holds an epoch), lr (1,) the rate the
+    next SGD reads."""
+    _check("advance_step", "cursor", cursor, shape=(2,), dtype=int32)
+    _check("advance_step", "lr_table", lr_table, ndim=1, dtype=backend.dtype)
+    if lr_table.shape[0] == 0:
+        raise ShapeError("advance_step: lr_table is empty")
+    _check("advance_step", "lr", lr, shape=(1,), dtype=backend.dtype)
+    if not isinstance(stride, (int, np.integer)) or not 0 <= stride < 2**31:
+        raise ShapeError(f"advance_step: stride must be a non-negative int32, got {stride!r}")
+    return cursor, int(stride), lr_table, lr

@@ -94,7 +94,7 @@ def test_the_first_bad_label_is_named():
 def test_the_trainers_steps_leave_labels_unchecked(monkeypatch, backend):
     """The hot path reads no labels back (on a GPU that would be a synchronisation a step):
     check_dataset validated the data set once on the host."""
-    import gpunn.backend.base as base
+    import gpunn.backend.ops as ops
     import gpunn.losses as losses
     from gpunn.data import Dataset
     from gpunn.train import TrainConfig, Trainer
@@ -106,7 +106,7 @@ def test_the_trainers_steps_leave_labels_unchecked(monkeypatch, backend):
         t = Trainer(TrainConfig(hidden=(5,), loss=loss, epochs=1, batch_size=8), data, backend=backend,
                     progress=False, log=lambda s: None)
         calls = []
-        monkeypatch.setattr(base, "_check_labels", lambda *a: calls.append(a[0]))
+        monkeypatch.setattr(ops, "_check_labels", lambda *a: calls.append(a[0]))
         monkeypatch.setattr(losses, "_check_labels", lambda *a: calls.append(a[0]))
         t.train_step(t.train_x[:8], t.train_y[:8], 0.1)
         assert calls == []

@@ -102,8 +102,8 @@ class Mlp:
         be.bias_act(self.z, self.b2, "identity", self.z)
         # the label-taking ops unchecked, as the trainer calls them: their checked forms read the
         # labels back to validate them (a synchronisation, by design)
-        be._softmax_cross_entropy(self.z, self.t, self.dz, self.loss, True)
-        be._count_correct(self.z, self.t, self.hits)
+        be.unchecked.softmax_cross_entropy(self.z, self.t, self.dz, self.loss, True)
+        be.unchecked.count_correct(self.z, self.t, self.hits)
         be.bias_grad(self.dz, db2)  # backward
         be.gemm(self.h, self.dz, dw2, trans_a=True)
         be.gemm(self.dz, self.w2, self.dh, trans_b=True)
@@ -171,7 +171,7 @@ def test_a_pre_bound_launch_equals_a_dispatcher_launch():
     import cupy
     from numba import cuda
 
-    from gpunn.kernels import batch, bias_act, sgd, softmax_xent
+    from gpunn.kernels import batch, bias_act, sgd, softmax_cross_entropy
 
     be = cuda_backend()
     rng = np.random.default_rng(7)
@@ -182,8 +182,8 @@ def test_a_pre_bound_launch_equals_a_dispatcher_launch():
     cases = [  # (kernel, grid, block, host arguments; arrays are copied to the device for each launch)
         (bias_act.bias_act_kernel, *bias_act.launch_config(130, 257), (x.reshape(-1), b, np.empty_like(x).reshape(-1),
                                                                        i32(2), i32(1))),
-        (softmax_xent.softmax_xent_kernel, *softmax_xent.launch_config(130, 10), (z, t, np.empty_like(z),
-                                                                                   np.empty(130, f32), f32(1 / 130))),
+        (softmax_cross_entropy.softmax_cross_entropy_kernel, *softmax_cross_entropy.launch_config(130, 10),
+         (z, t, np.empty_like(z), np.empty(130, f32), f32(1 / 130))),
         (sgd.sgd_kernel, *sgd.launch_config(257), (b.copy(), b * 0.5, b * 0.1, f32(0.0), np.array([0.05], f32), i32(1),
                                                    f32(0.9), f32(1e-4), i32(1))),
         (batch.gather_batch_kernel, *batch.launch_config(64, 257), (x, t, order, np.array([40, 0], i32),

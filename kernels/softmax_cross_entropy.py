@@ -16,16 +16,12 @@ import math
 
 from numba import cuda, float32, int32, void
 
-from gpunn.backend import ops
-from gpunn.kernels.launch import ONE, ROW_THREADS, KernelSpec, row_config
-from gpunn.kernels.softmax import row_max_sumexp
-
-cost = ops.softmax_cross_entropy_cost
-"""FLOPs and bytes of one call, both kernels together (the op set's formula)."""
+from .launch import ONE, ROW_THREADS, KernelSpec, row_config
+from .softmax import row_max_sumexp
 
 
 @cuda.jit
-def softmax_xent_kernel(logits, labels, grad, row_loss, inv_n):
+def softmax_cross_entropy_kernel(logits, labels, grad, row_loss, inv_n):
     """Per row r: ``row_loss[r] = logsumexp(z) - z[label]``, ``grad[r] = (softmax(z) - onehot) * inv_n``."""
     sh = cuda.shared.array(ROW_THREADS, float32)
     for row in range(cuda.blockIdx.x, logits.shape[0], cuda.gridDim.x):
@@ -48,5 +44,5 @@ def launch_config(n: int, c: int, max_threads: int = ROW_THREADS, max_blocks: in
 
 SIGNATURES = [void(float32[:, ::1], int32[::1], float32[:, ::1], float32[::1], float32)]
 
-KERNELS = (KernelSpec("softmax_xent", softmax_xent_kernel, tuple(SIGNATURES), ROW_THREADS, 4 * ROW_THREADS,
-                      "softmax_cross_entropy"),)
+KERNELS = (KernelSpec("softmax_cross_entropy", softmax_cross_entropy_kernel, tuple(SIGNATURES), ROW_THREADS,
+                      4 * ROW_THREADS, "softmax_cross_entropy"),)

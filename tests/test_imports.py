@@ -12,8 +12,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"gpunn": ROOT / "gpunn", "gpunn.kernels": ROOT / "kernels"}
 
@@ -133,8 +131,6 @@ def test_gpunn_has_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-@pytest.mark.xfail(strict=False, reason="the kernels still import gpunn.backend.ops for their cost aliases; "
-                                        "issue 11 item 4 (kernels below the library) removes them")
 def test_the_kernels_import_nothing_from_gpunn():
     graph = import_graph()
     up = {f"{m} -> {t}" for m, targets in graph.items() if m.startswith("gpunn.kernels")

@@ -325,6 +325,16 @@ def softmax_backward(backend, y, dy, out):
     return y, dy, out
 
 
+def _check_loss(op, name, out, labels, grad, loss, backend):
+    """A loss op's arguments: the output ``name`` (N,C), int32 labels (N,) in ``0..C-1``, the
+    gradient like the output, a one-element loss."""
+    _check(op, name, out, ndim=2, dtype=backend.dtype)
+    _check(op, "labels", labels, shape=(out.shape[0],), dtype=int32)
+    _check(op, "grad", grad, shape=out.shape, dtype=backend.dtype)
+    _check(op, "loss", loss, shape=(1,), dtype=backend.dtype)
+    _check_labels(op, labels, out.shape[1], backend)
+
+
 @_op(cost=lambda logits, labels, grad, loss, accumulate=False: softmax_cross_entropy_cost(*logits.shape))
 def softmax_cross_entropy(backend, logits, labels, grad, loss, accumulate=False):
     """Fused softmax + cross-entropy on logits (N,C) and int32 labels (N,).
@@ -332,11 +342,7 @@ def softmax_cross_entropy(backend, logits, labels, grad, loss, accumulate=False)
     ``grad = (softmax(logits) - onehot(labels)) / N``;
     ``loss[0] = mean(logsumexp(logits) - logits[label])`` (``+=`` if accumulate).
     Stable for any finite logits: no probability is ever logged."""
-    _check("softmax_cross_entropy", "logits", logits, ndim=2, dtype=backend.dtype)
-    _check("softmax_cross_entropy", "labels", labels, shape=(logits.shape[0],), dtype=int32)
-    _check("softmax_cross_entropy", "grad", grad, shape=logits.shape, dtype=backend.dtype)
-    _check("softmax_cross_entropy", "loss", loss, shape=(1,), dtype=backend.dtype)
-    _check_labels("softmax_cross_entropy", labels, logits.shape[1], backend)
+    _check_loss("softmax_cross_entropy", "logits", logits, labels, grad, loss, backend)
     return logits, labels, grad, loss, accumulate
 
 
@@ -346,11 +352,7 @@ def mse(backend, y, labels, grad, loss, accumulate=False):
 
     ``loss[0] = sum((y - onehot)**2) / (2N)`` (``+=`` if accumulate);
     ``grad = (y - onehot) / N``.  This is the primer's C = 1/2n Σ‖y(x) − a‖²."""
-    _check("mse", "y", y, ndim=2, dtype=backend.dtype)
-    _check("mse", "labels", labels, shape=(y.shape[0],), dtype=int32)
-    _check("mse", "grad", grad, shape=y.shape, dtype=backend.dtype)
-    _check("mse", "loss", loss, shape=(1,), dtype=backend.dtype)
-    _check_labels("mse", labels, y.shape[1], backend)
+    _check_loss("mse", "y", y, labels, grad, loss, backend)
     return y, labels, grad, loss, accumulate
 
 

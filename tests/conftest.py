@@ -146,3 +146,28 @@ def mnist():
     from mnist_data import mnist_dir
 
     return load_mnist(mnist_dir(), download=False, progress=False)
+
+
+def _can_make_device_nodes() -> bool:
+    """True when this process may create a character device (root, or CAP_MKNOD): probed once."""
+    import stat
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            os.mknod(os.path.join(folder, "probe"), stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        except (OSError, AttributeError):  # PermissionError; no os.mknod on this platform
+            return False
+    return True
+
+
+#: for tests that make fake device nodes (a /dev/null or /dev/full of their own, in a temp folder)
+needs_mknod = pytest.mark.skipif(not _can_make_device_nodes(), reason="making a device node needs root (CAP_MKNOD)")
+
+
+def char_device(path, minor):
+    """A character device at ``path`` with the numbers of /dev/null (minor 3) or /dev/full (7)."""
+    import stat
+
+    os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, minor))
+    return path

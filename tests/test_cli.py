@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import char_device, needs_mknod
 from mnist_data import mnist_dir, needs_mnist
 
 QUICK = ["--train-samples", "3000", "--test-samples", "500", "--hidden", "32", "--epochs", "1", "--backend", "numpy"]
@@ -181,15 +182,12 @@ def outputs_of_every_command(data, ck, out):
     ]
 
 
+@needs_mknod
 def test_no_command_replaces_a_device_it_writes_to(tmp_path):
     """``--save /dev/null`` once replaced the machine's /dev/null with a 0600 regular file."""
     import stat
 
-    null = tmp_path / "null"
-    try:
-        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
-    except PermissionError:
-        pytest.skip("making a device node needs root (CAP_MKNOD)")
+    null = char_device(tmp_path / "null", 3)
     before = os.lstat(null)
     data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
     assert gpunn("train", "--data-dir", data, "--hidden", "8", "--epochs", "1", "--backend", "numpy",
@@ -433,14 +431,9 @@ def test_errors_about_a_checkpoints_contents_name_the_file(tmp_path):
         assert f"{path}: " in line, line
 
 
+@needs_mknod
 def test_a_full_disk_names_the_file_and_exits_1(tmp_path):
-    import stat
-
-    full = tmp_path / "full"
-    try:
-        os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))   # /dev/full's numbers
-    except PermissionError:
-        pytest.skip("making a device node needs root (CAP_MKNOD)")
+    full = char_device(tmp_path / "full", 7)   # /dev/full's numbers
     r = gpunn("train", "--data-dir", fake_data(tmp_path), *SMALL, "--epochs", "1", "--metrics-json", full)
     assert f"cannot write {full}: No space left on device" in one_line_error(r, status=1)
 

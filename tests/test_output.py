@@ -13,6 +13,7 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import char_device, needs_mknod
 from gpunn import checkpoint, output
 from gpunn.backend import NumpyBackend
 from gpunn.errors import GpunnError, OutputError
@@ -23,15 +24,6 @@ be = NumpyBackend()
 
 def model(seed=0):
     return mlp([6, 5, 3], "tanh", backend=be, seed=seed)
-
-
-def char_device(path, minor):
-    """A character device at ``path`` with the numbers of /dev/null (3) or /dev/full (7), or skip."""
-    try:
-        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, minor))
-    except PermissionError:
-        pytest.skip("making a device node needs root (CAP_MKNOD)")
-    return path
 
 
 def read_fifo(path):
@@ -107,6 +99,7 @@ def test_a_fifo_is_written_into_never_replaced(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(m.params, model(seed=3).params))
 
 
+@needs_mknod
 def test_a_character_device_is_written_into_never_replaced(tmp_path):
     null = char_device(tmp_path / "null", 3)
     before = os.lstat(null)
@@ -118,6 +111,7 @@ def test_a_character_device_is_written_into_never_replaced(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["null"]   # no temporary beside it
 
 
+@needs_mknod
 def test_a_symlink_to_a_device_is_written_into(tmp_path):
     null = char_device(tmp_path / "null", 3)
     (tmp_path / "out.json").symlink_to(null)
@@ -125,6 +119,7 @@ def test_a_symlink_to_a_device_is_written_into(tmp_path):
     assert (tmp_path / "out.json").is_symlink() and stat.S_ISCHR(os.lstat(null).st_mode)
 
 
+@needs_mknod
 def test_a_full_disk_names_the_file(tmp_path):
     full = char_device(tmp_path / "full", 7)
     with pytest.raises(OutputError, match=f"cannot write {full}: No space left on device"):

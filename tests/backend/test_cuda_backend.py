@@ -10,9 +10,15 @@ import pytest
 from gpunn.backend import get_backend
 from gpunn.errors import BackendUnavailable
 
+from conftest import simulator_on
+
 pytestmark = pytest.mark.cudasim
+#: for the tests about the simulated backend itself
+needs_simulator = pytest.mark.skipif(not simulator_on(), reason="the CUDA simulator is off in this run "
+                                                                "(GPUNN_CUDASIM=0 or pytest -m gpu)")
 
 
+@needs_simulator
 def test_get_backend_cuda_builds_the_simulated_backend():
     from gpunn.backend.cuda_backend import CudaBackend
     from gpunn.env import simulator_on as simulator_enabled
@@ -24,6 +30,7 @@ def test_get_backend_cuda_builds_the_simulated_backend():
     assert "tiled numba" in get_backend("cuda", gemm="numba").describe()
 
 
+@needs_simulator
 def test_auto_never_picks_the_simulator(capsys):
     from gpunn.backend import _announced
 

@@ -338,13 +338,12 @@ class Trainer:
         be.synchronize()
         # a resumed epoch goes on from the time and samples it had when it stopped
         done_s, seen = self._epoch_progress if self.step else (0.0, 0)
-        t0, lr = time.perf_counter() - done_s, self.schedule(first + self.step)
+        t0 = time.perf_counter() - done_s
         # overflow to inf/NaN is reported by _check_finite in one clear line: no NumPy warnings
         with np.errstate(over="ignore", invalid="ignore"):
             try:
                 for start, stop in slices[self.step:]:
                     m = stop - start
-                    lr = self.schedule(self.epoch * self.steps_per_epoch + self.step)
                     graph = self._graphs.get(m)
                     if graph is not None:
                         graph()  # the captured step: one host call
@@ -358,7 +357,7 @@ class Trainer:
                     seen += m
                     if self.step % check_every == 0 or self.step == len(slices):
                         loss_sum = float(be.to_numpy(self._loss_sum)[0])
-                        self._check_finite(loss_sum, lr)
+                        self._check_finite(loss_sum, self.schedule(first + self.step - 1))  # this step's rate
                         if self.progress:
                             correct = int(be.to_numpy(self._correct)[0])
                             bar.set_postfix(loss=f"{loss_sum / self.step:.4f}",
@@ -375,6 +374,7 @@ class Trainer:
                 raise
             finally:
                 bar.close()
+        lr = self.schedule(first + self.step - 1)  # the rate of the epoch's last step (the device read it from rates)
         loss = float(be.to_numpy(self._loss_sum)[0]) / len(slices)
         train_acc = int(be.to_numpy(self._correct)[0]) / n
         test_acc = evaluate(self.model, self.test_x, self.test_y, cfg.eval_batch_size)

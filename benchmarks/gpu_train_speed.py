@@ -61,6 +61,7 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # train_speed.py: the data loader and CPU name both benchmarks use
 
 #: TrainConfig fields of each network (everything else: gpunn's defaults); epochs = --epochs
 NETS = {
@@ -156,7 +157,6 @@ def data_folder(args):
 
 def load_data(args):
     """The CPU benchmark's data (MNIST, or --synthetic clusters): one loader for both benchmarks."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from train_speed import load_data as load
 
     args.data = str(data_folder(args))
@@ -176,13 +176,9 @@ def describe_device(backend):
         except metadata.PackageNotFoundError:
             pass
     if backend != "cuda":
-        cpu = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-        return f"CPU: {cpu} ({backend} backend)", versions
+        from train_speed import cpu_name
+
+        return f"CPU: {cpu_name()} ({backend} backend)", versions
     try:
         import cupy
 

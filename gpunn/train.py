@@ -8,11 +8,10 @@ when reported.
 Everything that changes from one step to the next lives in device memory too: the
 epoch's order of examples and its learning rates (uploaded once per epoch), and a
 cursor (position in that order, step in the epoch) from which the device reads each
-step's batch and rate.  A
-step is therefore ``gather_batch → train_step → advance_step`` with no number passed
-from the host, and on a GPU the trainer captures it once as a CUDA graph and replays
-it: one host call per step instead of ~25 kernel launches.  A partial last batch gets
-a graph of its own.  ``Trainer(graphs=False)``,
+step's batch and rate.  A step is therefore ``gather_batch → train_step →
+advance_step`` with no number passed from the host, and on a GPU the trainer captures
+it once as a CUDA graph and replays it: one host call per step instead of ~25 kernel
+launches.  A partial last batch gets a graph of its own.  ``Trainer(graphs=False)``,
 ``gpunn train --no-graphs`` or ``GPUNN_GRAPHS=0`` turn graphs off; the numpy backend
 and the CUDA simulator have none; a capture that fails falls back to eager steps with
 one line saying why.
@@ -200,7 +199,7 @@ class Trainer:
             raise DataError("the training set is empty")
         self.steps_per_epoch = -(-n // cfg.batch_size)
         self.schedule = Schedule(cfg.lr_schedule, cfg.lr, cfg.epochs, self.steps_per_epoch, cfg.step_size, cfg.gamma)
-        self._bs = bs = min(cfg.batch_size, n)
+        bs = min(cfg.batch_size, n)
         self._xb = be.empty((bs, self.in_features))
         self._yb = be.empty((bs,), np.int32)
         self._loss_sum = be.zeros((1,))

@@ -166,7 +166,7 @@ needs_mknod = pytest.mark.skipif(not _can_make_device_nodes(), reason="making a 
 
 
 def char_device(path, minor):
-    """A character device at ``path`` with the numbers of /dev/null (minor 3) or /dev/full (7)."""
+    """A character device at ``path`` with the numbers of /dev/null (minor 3), /dev/zero (5) or /dev/full (7)."""
     import stat
 
     os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, minor))

@@ -41,7 +41,7 @@ def test_step_checks_its_rate(backend, lr):
     be = backend
     p, g = be.zeros((3,)), be.asarray(np.ones(3, np.float32))
     opt = SGD([p], [g], 0.1, backend=be)
-    with pytest.raises(ValueError, match=r"^SGD\.step: lr must be a number above 0, finite in float32"):
+    with pytest.raises(ValueError, match=r"^SGD\.step: lr must be a positive finite number \(as float32: at most 3\.4e38\)"):
         opt.step(lr)
     assert not be.to_numpy(p).any()  # nothing was updated
 
@@ -65,7 +65,7 @@ def test_step_takes_a_number_or_a_one_element_device_rate(backend):
 def test_sgd_update_refuses_a_bad_rate(backend, lr):
     be = backend
     p, g = be.zeros((3,)), be.zeros((3,))
-    with pytest.raises(ValueError, match=r"^sgd_update: lr must be a number above 0, finite in float32"):
+    with pytest.raises(ValueError, match=r"^sgd_update: lr must be a positive finite number \(as float32: at most 3\.4e38\)"):
         be.sgd_update(p, g, None, lr)
 
 
@@ -80,7 +80,7 @@ def test_sgd_update_refuses_a_bad_momentum(backend, momentum):
 @pytest.mark.parametrize("weight_decay", [-1, float("nan"), float("inf"), 1e39], ids=repr)
 def test_sgd_update_refuses_a_bad_weight_decay(backend, weight_decay):
     be = backend
-    with pytest.raises(ValueError, match=r"^sgd_update: weight_decay must be a number >= 0, finite in float32"):
+    with pytest.raises(ValueError, match=r"^sgd_update: weight_decay must be a finite number >= 0 \(as float32"):
         be.sgd_update(be.zeros((3,)), be.zeros((3,)), None, 0.1, 0.0, weight_decay)
 
 

@@ -216,7 +216,7 @@ def _real(v) -> bool:
 class ScalarRule(NamedTuple):
     """What one scalar argument may be: ``ok(value)``, and the same in words (for messages)."""
 
-    what: str  # "a number above 0, finite in float32"
+    what: str  # "a positive finite number (as float32: at most 3.4e38)"
     ok: Callable  # value -> bool
 
     def check(self, where, name, value) -> float:
@@ -235,10 +235,10 @@ def _f32(v) -> float:
     return float(np.float32(v)) if not abs(v) > F32_MAX else math.copysign(math.inf, v)
 
 
-LEARNING_RATE = ScalarRule("a number above 0, finite in float32 (at most 3.4e38)",
+LEARNING_RATE = ScalarRule("a positive finite number (as float32: at most 3.4e38)",
                            lambda v: _real(v) and math.isfinite(_f32(v)) and _f32(v) > 0)
 MOMENTUM = ScalarRule("a number in [0, 1) (in float32)", lambda v: _real(v) and 0 <= _f32(v) < 1)
-WEIGHT_DECAY = ScalarRule("a number >= 0, finite in float32", lambda v: _real(v) and math.isfinite(_f32(v)) and v >= 0)
+WEIGHT_DECAY = ScalarRule("a finite number >= 0 (as float32: at most 3.4e38)", lambda v: _real(v) and math.isfinite(_f32(v)) and v >= 0)
 
 
 def _check_rate(op, backend, lr):

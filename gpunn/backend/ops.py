@@ -236,7 +236,7 @@ def _f32(v) -> float:
 
 
 LEARNING_RATE = ScalarRule("a positive finite number (as float32: at most 3.4e38)",
-                           lambda v: _real(v) and math.isfinite(_f32(v)) and _f32(v) > 0)
+                           lambda v: _real(v) and v > 0 and math.isfinite(_f32(v)))
 MOMENTUM = ScalarRule("a number in [0, 1) (in float32)", lambda v: _real(v) and 0 <= _f32(v) < 1)
 WEIGHT_DECAY = ScalarRule("a finite number >= 0 (as float32: at most 3.4e38)", lambda v: _real(v) and math.isfinite(_f32(v)) and v >= 0)
 

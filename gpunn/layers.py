@@ -24,15 +24,19 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.backend import get_backend
-from gpunn.backend.ops import ACTIVATIONS
-from gpunn.errors import ShapeError
+from gpunn.backend.ops import ACTIVATIONS, _check_array_type
+from gpunn.errors import GpunnError, ShapeError
 
 #: What the last layer of :func:`mlp` may be: a Dense activation, or a Softmax layer after it.
 OUTPUT_ACTIVATIONS = (*ACTIVATIONS, "softmax")
 
 
 class Layer:
-    """Base class.  ``forward(x)`` returns y and keeps what ``backward(dy)`` needs."""
+    """Base class.  ``forward(x)`` returns y and keeps what ``backward(dy)`` needs.
+
+    The y that ``forward`` returns (and the dx of ``backward``) is a view of the layer's own
+    buffer, which the next call overwrites: copy it (``backend.to_numpy`` does, on a GPU;
+    ``y.copy()`` anywhere) to keep it past the next forward.  ``Sequential.predict`` copies."""
 
     params: tuple = ()
     grads: tuple = ()
@@ -45,6 +49,7 @@ class Layer:
     def __init__(self, backend=None):
         self.backend = get_backend(backend)
         self._bufs = {}
+        self._y = None  # the last forward's output (None: no forward yet)
 
     def _buffer(self, name, n, width):
         """An (n, width) float32 activation buffer: allocated for the largest n seen, sliced below it."""
@@ -54,6 +59,7 @@ class Layer:
         return buf[:n]
 
     def _check_input(self, x, width):
+        _check_array_type(f"{self}", "the input", x, self.backend)
         if getattr(x, "ndim", None) != 2:
             raise ShapeError(f"{self}: expected input of shape (batch, {width}), got {getattr(x, 'shape', type(x).__name__)}")
         if x.shape[1] != width:
@@ -67,6 +73,9 @@ class Layer:
 
     def _check_grad(self, dy, width):
         """dy must match the output of the last forward: (N, width), the dtype, C-contiguous."""
+        if self._y is None:
+            raise GpunnError(f"{self}: backward() called before forward(): there is no output to differentiate")
+        _check_array_type(f"{self}", "the gradient", dy, self.backend)
         n = self._y.shape[0]
         if getattr(dy, "shape", None) != (n, width) or dy.dtype != self.backend.dtype or not dy.flags.c_contiguous:
             raise ShapeError(f"{self}: the gradient must be a C-contiguous {self.backend.dtype} array of shape "
@@ -286,9 +295,35 @@ class Sequential:
         return Packed(self._grads, self._grads.flat, self._grads.offsets)
 
     def forward(self, x):
+        """The model's output for the device batch ``x`` (N, in): a view of the last layer's
+        buffer, overwritten by the next forward (copy it to keep it; see :meth:`predict`)."""
         for layer in self.layers:
             x = layer.forward(x)
         return x
+
+    def predict(self, x, batch_size=1000):
+        """The class index (argmax of the output, first on ties) of each row of ``x``, on the host.
+
+        x: one input of shape (in,) or a batch (N, in), a host (NumPy) or device array of
+        numbers (copied to the backend's dtype where it is not already).  Returns an np.int64
+        array of shape (N,), or one np.int64 for one input: the caller's own, unlike
+        :meth:`forward`'s output.  Runs ``batch_size`` rows at a time, so the buffers stay that size."""
+        where, width, be = "Sequential.predict", self.in_features, self.backend
+        if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
+        try:
+            x = be.asarray(x, be.dtype)
+        except (TypeError, ValueError) as exc:
+            raise ShapeError(f"{where}: x must be an array of numbers ({exc})") from None
+        if x.ndim not in (1, 2) or x.shape[-1] != width:
+            raise ShapeError(f"{where}: expected one input of shape ({width},) or a batch of shape "
+                             f"(N, {width}), got shape {tuple(x.shape)}")
+        rows = x.reshape(1, width) if x.ndim == 1 else x
+        classes = np.empty(rows.shape[0], np.int64)
+        for start in range(0, rows.shape[0], batch_size):
+            stop = min(start + batch_size, rows.shape[0])
+            classes[start:stop] = be.to_numpy(self.forward(rows[start:stop])).argmax(axis=1)
+        return classes[0] if x.ndim == 1 else classes
 
     def backward(self, dy):
         for layer in reversed(self.layers):

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import math
-import numbers
 
-from gpunn.backend.ops import _check
+from gpunn.backend.ops import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, _check, _check_rate
 
 
 def valid_learning_rate(lr) -> bool:
-    """Whether ``lr`` can be a learning rate: a finite number above 0 (the trainer's options,
-    :class:`SGD` and the command line's ``--lr`` all ask this)."""
-    return isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0
+    """Whether ``lr`` can be a learning rate: a number above 0, finite in float32 (the trainer's
+    options, :class:`SGD` and the command line's ``--lr`` all ask this; the rule itself is
+    :data:`gpunn.backend.ops.LEARNING_RATE`, which the ``sgd_update`` op checks too)."""
+    return LEARNING_RATE.ok(lr)
 
 
 class SGD:
@@ -25,22 +25,19 @@ class SGD:
     same arithmetic element by element, with one call instead of one per array."""
 
     def __init__(self, params, grads, lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False, *, backend):
-        if not valid_learning_rate(lr):
-            raise ValueError(f"SGD: learning rate must be a positive number, got {lr!r}")
-        if not (0 <= momentum < 1):
-            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
-        if not (weight_decay >= 0 and math.isfinite(weight_decay)):
-            raise ValueError(f"SGD: weight decay must be >= 0, got {weight_decay!r}")
+        lr = LEARNING_RATE.check("SGD", "learning rate", lr)
+        momentum = MOMENTUM.check("SGD", "momentum", momentum)
+        weight_decay = WEIGHT_DECAY.check("SGD", "weight decay", weight_decay)
         if nesterov and not momentum:
             raise ValueError("SGD: Nesterov needs a momentum > 0")
         self.params, self.grads = list(params), list(grads)
-        self.lr, self.momentum, self.weight_decay, self.nesterov = float(lr), float(momentum), float(weight_decay), bool(nesterov)
+        self.lr, self.momentum, self.weight_decay, self.nesterov = lr, momentum, weight_decay, bool(nesterov)
         self.backend = backend
         if len(self.params) != len(self.grads):
             raise ValueError(f"SGD: {len(self.params)} parameters but {len(self.grads)} gradients")
         for i, (p, g) in enumerate(zip(self.params, self.grads)):
-            _check("sgd_update", f"param {i}", p, dtype=backend.dtype)
-            _check("sgd_update", f"grad {i}", g, shape=p.shape, dtype=backend.dtype)
+            _check("sgd_update", f"param {i}", p, dtype=backend.dtype, backend=backend)
+            _check("sgd_update", f"grad {i}", g, shape=p.shape, dtype=backend.dtype, backend=backend)
         flat_p, flat_g = getattr(params, "flat", None), getattr(grads, "flat", None)
         if flat_p is not None and flat_g is not None and flat_p.shape == flat_g.shape and params.offsets == grads.offsets:
             # one op over the flat arrays; the velocities are views into one flat array too
@@ -56,8 +53,10 @@ class SGD:
         """Update every parameter in place with its gradient.
 
         lr: this step's rate (from a schedule), or a one-element device array holding it,
-        which the update reads when it runs (a step captured as a CUDA graph needs that)."""
-        lr = self.lr if lr is None else lr if hasattr(lr, "shape") else float(lr)
+        which the update reads when it runs (a step captured as a CUDA graph needs that).
+        A number is checked like the constructor's (above 0, finite in float32); of an array
+        only the shape and dtype are: its value is on the device."""
+        lr = self.lr if lr is None else _check_rate("SGD.step", self.backend, lr)
         self.backend.join()  # every gradient a branch computed is complete (see Backend.branch)
         update = self.backend.unchecked.sgd_update
         for p, g, v in self._steps:

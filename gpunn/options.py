@@ -13,10 +13,10 @@ import dataclasses
 import math
 
 from gpunn.backend.cublas import GEMM_IMPLEMENTATIONS
-from gpunn.backend.ops import ACTIVATIONS
+from gpunn.backend.ops import ACTIVATIONS, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY
 from gpunn.errors import GpunnError
 from gpunn.losses import LOSSES
-from gpunn.optim import Schedule, valid_learning_rate
+from gpunn.optim import Schedule
 
 #: ``--activation``: the activations a hidden layer may have (identity would collapse the network).
 HIDDEN_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "identity")
@@ -41,7 +41,10 @@ positive_int = number(int, lambda v: v > 0, "a positive integer")
 positive_float = number(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
 nonneg_float = number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 nonneg_int = number(int, lambda v: v >= 0, "an integer >= 0")
-learning_rate = number(float, valid_learning_rate, "a positive finite number")
+# the SGD scalars' rules are the sgd_update op's (gpunn.backend.ops): one definition each
+learning_rate = number(float, LEARNING_RATE.ok, LEARNING_RATE.what)
+momentum = number(float, MOMENTUM.ok, MOMENTUM.what)
+weight_decay = number(float, WEIGHT_DECAY.ok, WEIGHT_DECAY.what)
 
 
 def hidden_sizes(text):
@@ -108,9 +111,9 @@ def add_model_options(p, defaults):
     p.add_argument("--epochs", type=positive_int, default=None, help=f"epochs (default: {defaults.epochs})")
     p.add_argument("--batch-size", type=positive_int, default=None, help=f"mini-batch size (default: {defaults.batch_size})")
     p.add_argument("--lr", type=learning_rate, default=None, help=f"learning rate (default: {defaults.lr})")
-    p.add_argument("--momentum", type=nonneg_float, default=None, help=f"SGD momentum (default: {defaults.momentum})")
+    p.add_argument("--momentum", type=momentum, default=None, help=f"SGD momentum (default: {defaults.momentum})")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help=f"Nesterov momentum (default: {defaults.nesterov})")
-    p.add_argument("--weight-decay", type=nonneg_float, default=None, help=f"L2 weight decay (default: {defaults.weight_decay})")
+    p.add_argument("--weight-decay", type=weight_decay, default=None, help=f"L2 weight decay (default: {defaults.weight_decay})")
     p.add_argument("--lr-schedule", choices=Schedule.NAMES, default=None, help=f"learning-rate schedule (default: {defaults.lr_schedule})")
     p.add_argument("--step-size", type=positive_int, default=None, help="step schedule: epochs between decays (default: epochs/3)")
     p.add_argument("--gamma", type=positive_float, default=None, help="step schedule: decay factor (default: 0.1)")

@@ -100,11 +100,17 @@ def build_model(cfg: TrainConfig, in_features: int, num_classes: int, backend):
 
 
 def evaluate(model, x, y, batch_size=1000):
-    """Accuracy (0..1) of ``model`` on device arrays x (N, D), int32 y (N,), in large batches."""
-    from gpunn.backend.ops import _check, _check_labels
+    """Accuracy (0..1) of ``model`` on device arrays x (N, D), int32 y (N,), in large batches.
+
+    An empty x is refused: the accuracy of no rows is undefined."""
+    from gpunn.backend.ops import _check, _check_labels, int32
+    from gpunn.errors import ShapeError
 
     be = model.backend
-    _check("evaluate", "y", y, shape=(x.shape[0],), dtype=np.int32)
+    _check("evaluate", "x", x, ndim=2, dtype=be.dtype, backend=be)
+    if x.shape[0] == 0:
+        raise ShapeError("evaluate: x has no rows (an accuracy needs at least one example)")
+    _check("evaluate", "y", y, shape=(x.shape[0],), dtype=int32, backend=be)
     _check_labels("evaluate", y, model.out_features, be)  # once here, not per batch (a GPU synchronisation)
     correct = be.zeros((1,), np.int32)
     for start, stop in batch_slices(x.shape[0], batch_size):

@@ -16,7 +16,8 @@ QUICK = ["--train-samples", "3000", "--test-samples", "500", "--hidden", "32", "
 
 
 def gpunn(*args, env=None, timeout=300):
-    e = {**os.environ, "GPUNN_DATA_DIR": str(mnist_dir()), **(env or {})}
+    """``python -m gpunn ARGS``; the hint about a busy machine kept out of the one-line checks."""
+    e = {**os.environ, "GPUNN_DATA_DIR": str(mnist_dir()), "GPUNN_LOAD_HINT": "0", **(env or {})}
     return subprocess.run([sys.executable, "-m", "gpunn", *map(str, args)], capture_output=True, text=True,
                           env=e, timeout=timeout)
 
@@ -268,7 +269,7 @@ def step(self, *args, **kwargs):
     real(self, *args, **kwargs)
     calls[0] += 1
     if calls[0] == int(os.environ["INTERRUPT_AT_STEP"]):
-        os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C, at a known step
+        os.kill(os.getpid(), getattr(signal, os.environ.get("INTERRUPT_SIGNAL", "SIGINT")))   # Ctrl-C, at a known step
 optim.SGD.step = step
 from gpunn.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -294,6 +295,71 @@ def test_the_resume_command_printed_after_ctrl_c_works(tmp_path):
                        timeout=300)
     assert r.returncode == 0, (command, r.stderr)
     assert "after 2 epochs" in r.stdout and checkpoint_epoch(ck) == 2
+
+
+def interrupted_run(tmp_path, signame, at_step, *args):
+    """``gpunn train ARGS`` on the fake data, sent ``signame`` by itself after step ``at_step``."""
+    env = {k: v for k, v in os.environ.items() if k != "GPUNN_DATA_DIR"}
+    env.update(INTERRUPT_AT_STEP=str(at_step), INTERRUPT_SIGNAL=signame, GPUNN_CACHE_DIR=str(tmp_path / "empty-cache"))
+    return subprocess.run([sys.executable, "-c", INTERRUPT_AT, "train", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300), env
+
+
+def arrays(path):
+    """A checkpoint's weights and velocities."""
+    import numpy as np
+
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files if k != "meta"}
+
+
+def test_sigterm_mid_epoch_saves_and_the_resumed_run_is_bit_exact(tmp_path):
+    """SIGTERM (timeout, Slurm, systemd, docker stop) once ended a run with status 143 and no word,
+    losing the epoch in flight: now it stops as Ctrl-C does, at a step boundary, saved."""
+    import shlex
+
+    data, ck, straight = fake_data(tmp_path), tmp_path / "ck.npz", tmp_path / "straight.npz"
+    run = ["--data-dir", data, "--train-samples", "20", "--test-samples", "8", *SMALL, "--epochs", "2"]
+    assert gpunn("train", *run, "--save", straight).returncode == 0
+    r, env = interrupted_run(tmp_path, "SIGTERM", 7, *run, "--save", ck)
+    assert r.returncode == 143, r.stderr
+    assert f"gpunn: terminated (SIGTERM) at epoch 2, step 2; saved {ck}. Resume with: " in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    from gpunn import checkpoint
+    meta = checkpoint.load(ck)[0]
+    assert (meta["epoch"], meta["step"]) == (1, 2)          # the epoch in flight, kept
+    words = shlex.split(r.stderr.split("Resume with: ")[1].strip())
+    r = subprocess.run([sys.executable, "-m", "gpunn", *words[1:]], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0 and "after 2 epochs" in r.stdout, r.stderr
+    got, want = arrays(ck), arrays(straight)
+    assert got.keys() == want.keys() and all(got[k].tobytes() == want[k].tobytes() for k in want)
+
+
+def test_sigterm_without_save_is_one_line_and_exit_143(tmp_path):
+    r, _ = interrupted_run(tmp_path, "SIGTERM", 3, "--data-dir", fake_data(tmp_path), "--train-samples", "20",
+                           *SMALL, "--epochs", "2")
+    assert r.returncode == 143, r.stderr
+    assert "gpunn: terminated (SIGTERM) at epoch 1" in r.stderr and "(nothing saved: use --save PATH)" in r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+SIGTERM_AT_START = """
+import os, signal, sys
+from gpunn import cli
+def commands():
+    os.kill(os.getpid(), signal.SIGTERM)   # while the commands are imported
+    raise AssertionError("SIGTERM did not stop the start-up")
+cli._extra_commands = commands
+status = cli.main(["train", "--epochs", "1"])
+print(status, signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+"""
+
+
+def test_sigterm_during_start_up_is_one_line():
+    r = subprocess.run([sys.executable, "-c", SIGTERM_AT_START], capture_output=True, text=True, timeout=120)
+    assert r.stderr == "gpunn: terminated (SIGTERM)\n", r.stderr
+    assert r.stdout == "143 True\n"                         # and SIGTERM is the default again afterwards
 
 
 def test_divergence_names_a_checkpoint_only_if_this_run_wrote_it(tmp_path):

@@ -126,7 +126,8 @@ def cmd_train(args):
     from gpunn import checkpoint, output
     from gpunn.train import Interrupted, Trainer
 
-    output.check_writable(args.save, args.metrics_json)  # before training, not after it
+    output.check_outputs({"--save": args.save, "--metrics-json": args.metrics_json},  # before training, not after it
+                         {"--resume": args.resume}, in_place={("--resume", "--save")})
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     base = None
     if args.resume:
@@ -189,7 +190,7 @@ def cmd_eval(args):
     from gpunn.layers import from_config
     from gpunn.train import evaluate
 
-    output.check_writable(args.metrics_json)
+    output.check_outputs({"--metrics-json": args.metrics_json}, {"the evaluation": args.checkpoint})
     meta, _, _ = checkpoint.load(args.checkpoint)
     backend = make_backend(args)
     try:

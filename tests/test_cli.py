@@ -169,17 +169,17 @@ def fake_data(tmp_path):
 
 
 def outputs_of_every_command(data, ck, out):
-    """Every command line that writes a file, each writing every output it has to ``out``."""
+    """Every command line that writes a file, each writing every output it has to ``out(option)``."""
     fast = ["--backend", "numpy", "--peak-gflops", "1", "--peak-gbs", "1"]
     return [
         ["train", "--data-dir", data, "--hidden", "8", "--epochs", "1", "--backend", "numpy",
-         "--save", out, "--metrics-json", out],
-        ["eval", ck, "--data-dir", data, "--backend", "numpy", "--metrics-json", out],
+         "--save", out("save"), "--metrics-json", out("metrics-json")],
+        ["eval", ck, "--data-dir", data, "--backend", "numpy", "--metrics-json", out("metrics-json")],
         ["bench", "softmax", "--sizes", "4x10", "--reps", "1", "--warmup", "0", "--peak-gflops", "1",
-         "--peak-gbs", "1", "--json", out],
-        ["kernels", "--arch", "sm_90", "--json", out],
+         "--peak-gbs", "1", "--json", out("json")],
+        ["kernels", "--arch", "sm_90", "--json", out("json")],
         ["profile", *fast, "--hidden", "8", "--batch-size", "8", "--reps", "1", "--warmup", "0",
-         "--json", out, "--csv", out, "--trace", out],
+         "--json", out("json"), "--csv", out("csv"), "--trace", out("trace")],
     ]
 
 
@@ -193,7 +193,7 @@ def test_no_command_replaces_a_device_it_writes_to(tmp_path):
     data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
     assert gpunn("train", "--data-dir", data, "--hidden", "8", "--epochs", "1", "--backend", "numpy",
                  "--save", ck).returncode == 0
-    for cmd in outputs_of_every_command(data, ck, null):
+    for cmd in outputs_of_every_command(data, ck, lambda option: null):   # a device all outputs may share
         r = gpunn(*cmd)
         assert r.returncode == 0, (cmd, r.stderr)
         st = os.lstat(null)
@@ -206,15 +206,52 @@ def test_every_command_writes_through_a_symlink(tmp_path):
     data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
     assert gpunn("train", "--data-dir", data, "--hidden", "8", "--epochs", "1", "--backend", "numpy",
                  "--save", ck).returncode == 0
-    (tmp_path / "real").write_text("")
-    link = tmp_path / "latest"
-    link.symlink_to("real")
+    def link(option):
+        (tmp_path / f"real-{option}").write_text("")
+        if not (tmp_path / f"latest-{option}").is_symlink():
+            (tmp_path / f"latest-{option}").symlink_to(f"real-{option}")
+        return tmp_path / f"latest-{option}"
+
     for cmd in outputs_of_every_command(data, ck, link):
-        (tmp_path / "real").write_text("")
         r = gpunn(*cmd)
         assert r.returncode == 0, (cmd, r.stderr)
-        assert link.is_symlink() and os.readlink(link) == "real", cmd
-        assert (tmp_path / "real").stat().st_size > 0, cmd
+        for option in [word[2:] for word in cmd if str(word).startswith("--") and str(word)[2:] in
+                       ("save", "metrics-json", "json", "csv", "trace")]:
+            assert os.readlink(tmp_path / f"latest-{option}") == f"real-{option}", cmd
+            assert (tmp_path / f"real-{option}").stat().st_size > 0, (cmd, option)
+
+
+def test_a_name_too_long_for_the_temporary_file_is_refused_before_training(tmp_path):
+    """It passed the check, trained an epoch, then failed ``File name too long`` at the first save."""
+    long = tmp_path / ("c" * 245 + ".npz")
+    for option in ("--save", "--metrics-json"):
+        r = gpunn("train", "--data-dir", fake_data(tmp_path), *SMALL, "--epochs", "1", option, long)
+        assert f"cannot write {long}: its name is 249 bytes long" in one_line_error(r)
+        assert r.stdout == "" and "model " not in r.stderr       # refused before the model was even built
+
+
+def test_one_file_for_two_outputs_or_for_an_output_and_the_checkpoint_read_is_refused(tmp_path):
+    data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
+    assert gpunn("train", "--data-dir", data, *SMALL, "--epochs", "1", "--save", ck).returncode == 0
+    before = ck.read_bytes()
+    (tmp_path / "sub").mkdir()
+    for cmd, needle in [
+        (["train", "--data-dir", data, "--backend", "numpy", "--resume", ck, "--epochs", "2", "--metrics-json", ck],
+         f"--metrics-json {ck} would replace {ck}, which --resume reads: give --metrics-json another path"),
+        (["train", "--data-dir", data, "--backend", "numpy", "--resume", ck, "--epochs", "2", "--save", ck,
+          "--metrics-json", tmp_path / "sub" / ".." / "ck.npz"], "which --resume reads"),
+        (["train", "--data-dir", data, *SMALL, "--epochs", "1", "--save", tmp_path / "new.npz",
+          "--metrics-json", tmp_path / "sub" / ".." / "new.npz"], "name the same file: give each output its own path"),
+        (["eval", ck, "--data-dir", data, "--backend", "numpy", "--metrics-json", ck], "which the evaluation reads"),
+        (["profile", "--backend", "numpy", "--peak-gflops", "1", "--peak-gbs", "1", "--hidden", "8", "--reps", "1",
+          "--json", tmp_path / "p", "--trace", tmp_path / "p"], f"--json {tmp_path / 'p'} and --trace {tmp_path / 'p'}"),
+        (["bench", "softmax", "--sizes", "4x10", "--reps", "1", "--json", tmp_path / "b", "--plot", tmp_path / "b"],
+         "--json"),
+    ]:
+        line = one_line_error(gpunn(*cmd))
+        assert needle in line, (cmd, line)
+    assert ck.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz", "data", "sub"]
 
 
 def one_line_error(r, status=2):

@@ -587,3 +587,44 @@ def test_threads_limits_blas_for_the_run(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == "[1]", r.stdout
     assert "positive integer" in one_line_error(gpunn(*args, "--threads", "0"))
+
+
+def load_hints(err):
+    return [line for line in err.splitlines() if "--threads 1" in line]
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "profile", "bench"])
+def test_a_busy_machine_is_told_about_threads_in_one_line(tmp_path, monkeypatch, capsys, command):
+    """On a loaded machine the quick start took 704 s instead of ~20 s (BLAS threads fighting the
+    other processes), without a word; --threads 1 ran it at ~10 s an epoch."""
+    from gpunn import cli
+
+    data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
+    args = {"train": ["train", "--data-dir", str(data), *SMALL, "--epochs", "1", "--save", str(ck)],
+            "eval": ["eval", str(ck), "--data-dir", str(data), "--backend", "numpy"],
+            "profile": ["profile", "--backend", "numpy", "--peak-gflops", "1", "--peak-gbs", "1", "--hidden", "8",
+                        "--batch-size", "8", "--reps", "1", "--warmup", "0"],
+            "bench": ["bench", "softmax", "--sizes", "4x10", "--reps", "1", "--warmup", "0", "--peak-gflops", "1",
+                      "--peak-gbs", "1"]}
+    monkeypatch.delenv("GPUNN_LOAD_HINT", raising=False)
+    cores = os.cpu_count()
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores, 0.0, 0.0))          # busy, not over-busy: quiet
+    assert cli.main(args["train"]) == 0 and load_hints(capsys.readouterr().err) == []
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.5, 0.0, 0.0))
+    assert cli.main(args[command]) == 0, capsys.readouterr().err
+    hints = load_hints(capsys.readouterr().err)
+    assert hints == [f"gpunn: the machine is busy (load average {cores + 1.5:.1f} on {cores} cores): BLAS's thread "
+                     "per core will compete with the other processes; --threads 1 may run many times faster"], hints
+    assert cli.main([*args[command], "--threads", "1"]) == 0                   # the user chose: quiet
+    assert load_hints(capsys.readouterr().err) == []
+    monkeypatch.setenv("GPUNN_LOAD_HINT", "0")
+    assert cli.main(args[command]) == 0 and load_hints(capsys.readouterr().err) == []
+
+
+def test_commands_without_threads_say_nothing_about_load(monkeypatch, capsys):
+    from gpunn import cli
+
+    monkeypatch.delenv("GPUNN_LOAD_HINT", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (os.cpu_count() + 9.0, 0.0, 0.0))
+    assert cli.main(["kernels", "--arch", "sm_90"]) == 0
+    assert load_hints(capsys.readouterr().err) == []

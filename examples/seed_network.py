@@ -1,6 +1,6 @@
 """The primer's network: 784-16-16-10, sigmoid, quadratic (MSE) cost, mini-batch SGD in batches of 100.
 
-    python examples/seed_network.py [--data-dir DIR] [--metrics-json PATH] [--epochs 30] [--lr 6.0] [--backend B]
+    python examples/seed_network.py [--data-dir DIR] [--metrics-json PATH] [--epochs 30] [--lr 6.0] [--backend B] [--threads N]
 
 Plain SGD (no momentum) with the learning rate decayed over the epochs (cosine).
 It reaches about 95.8% test accuracy on MNIST (measured; see the README).  The same
@@ -15,6 +15,7 @@ import time
 
 from gpunn.cli import report_errors
 from gpunn.data import load_mnist
+from gpunn.options import add_threads_option, cpu_threads
 from gpunn.output import write_json
 from gpunn.train import TrainConfig, Trainer
 
@@ -26,8 +27,13 @@ def main():
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=6.0)
     p.add_argument("--backend", default=None)
+    add_threads_option(p)
     args = p.parse_args()
+    with cpu_threads(args.threads):  # --threads 1 on a busy machine (a line says so when it is)
+        return run(args)
 
+
+def run(args):
     cfg = TrainConfig(
         hidden=(16, 16),            # 784 → 16 → 16 → 10
         activation="sigmoid",       # σ(z) = 1 / (1 + e^-z) in every layer ...

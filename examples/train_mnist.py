@@ -1,6 +1,6 @@
 """Train an MLP on MNIST with gpunn's Python API, in one screen.
 
-    python examples/train_mnist.py [--data-dir DIR] [--metrics-json PATH] [--epochs N] [--backend auto|numpy|cuda]
+    python examples/train_mnist.py [--data-dir DIR] [--metrics-json PATH] [--epochs N] [--backend auto|numpy|cuda] [--threads N]
 
 Every piece is visible: the backend, the model, the loss, the optimizer, the
 schedule, and the training step (forward, loss gradient, backward, update).
@@ -15,6 +15,7 @@ from gpunn.data import batch_slices, epoch_permutation, load_mnist
 from gpunn.layers import mlp
 from gpunn.losses import SoftmaxCrossEntropy
 from gpunn.optim import SGD, Schedule
+from gpunn.options import add_threads_option, cpu_threads
 from gpunn.output import write_json
 from gpunn.train import evaluate
 
@@ -25,8 +26,13 @@ def main():
     p.add_argument("--metrics-json")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--backend", default=None)
+    add_threads_option(p)
     args = p.parse_args()
+    with cpu_threads(args.threads):  # --threads 1 on a busy machine (a line says so when it is)
+        return run(args)
 
+
+def run(args):
     be = gpunn.get_backend(args.backend)                       # numpy on a CPU, cuda on a GPU
     data = load_mnist(args.data_dir)                           # downloads + verifies if needed
     x, y = be.asarray(data.train_x), be.asarray(data.train_y)  # (60000, 784) float32, (60000,) int32

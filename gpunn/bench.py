@@ -38,7 +38,7 @@ from gpunn.env import simulator_on
 from gpunn.errors import GpunnError
 from gpunn.instrument import CudaEvents, WallClock
 from gpunn.options import add_peak_options, add_threads_option, nonneg_float, nonneg_int, positive_int
-from gpunn.output import check_writable, write_bytes, write_json
+from gpunn.output import check_outputs, write_bytes, write_json
 from gpunn.report import text_table
 from gpunn.roofline import peaks_for
 
@@ -437,7 +437,7 @@ def plot_png(res: BenchResult) -> bytes:
 
 
 def cmd_bench(args):
-    check_writable(args.json, args.plot)  # every output's requirements before the sweep, not after it
+    check_outputs({"--json": args.json, "--plot": args.plot})  # every output's requirements before the sweep, not after it
     if args.plot:
         pyplot()
     check_backend_name(None)  # a bad $GPUNN_BACKEND is an error here, as in gpunn train

@@ -2,13 +2,17 @@
 
 Bad input is reported as one line on stderr with a non-zero exit status, never a
 traceback: exit 2 for bad options or data, 1 for a run that failed (e.g. diverged),
-130 when interrupted with Ctrl-C.
+130 when interrupted with Ctrl-C, 143 when stopped by SIGTERM (what ``timeout``, Slurm,
+systemd and ``docker stop`` send), which is handled like Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
+import signal
 import sys
+import threading
 import time
 
 from gpunn.errors import GpunnError
@@ -23,6 +27,44 @@ from gpunn.options import (
 )
 
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that it stops a command the same way
+    (one line, exit status 128 + 15); a training run with --save finishes its step and saves."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+_raise_terminated.raises_keyboard_interrupt = True  # Trainer.fit may take it over (see there)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Handle SIGTERM like Ctrl-C while the block runs.  Left alone when SIGTERM is not at its
+    default (ignored, or the caller's own handler) or off the main thread, where Python
+    cannot set handlers."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(prog, exc):
+    """The line and exit status of a command stopped by Ctrl-C or SIGTERM."""
+    if isinstance(exc, Terminated):
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + exc.signum
+    print(f"{prog}: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,7 +126,8 @@ def cmd_train(args):
     from gpunn import checkpoint, output
     from gpunn.train import Interrupted, Trainer
 
-    output.check_writable(args.save, args.metrics_json)  # before training, not after it
+    output.check_outputs({"--save": args.save, "--metrics-json": args.metrics_json},  # before training, not after it
+                         {"--resume": args.resume}, in_place={("--resume", "--save")})
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     base = None
     if args.resume:
@@ -118,12 +161,13 @@ def cmd_train(args):
     try:
         trainer.fit()
     except Interrupted as exc:
+        how = "terminated (SIGTERM)" if exc.signum == signal.SIGTERM else "interrupted"
         if exc.path:
-            print(f"gpunn: interrupted at epoch {exc.epoch + 1}, step {exc.step}; saved {exc.path}. "
+            print(f"gpunn: {how} at epoch {exc.epoch + 1}, step {exc.step}; saved {exc.path}. "
                   f"Resume with: {resume_command(args, exc.path)}", file=sys.stderr)
         else:
-            print(f"gpunn: interrupted at epoch {exc.epoch + 1}, step {exc.step} (nothing saved: use --save PATH)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+            print(f"gpunn: {how} at epoch {exc.epoch + 1}, step {exc.step} (nothing saved: use --save PATH)", file=sys.stderr)
+        return 128 + exc.signum
     wall = time.perf_counter() - t0
     train_seconds = trainer.trained_seconds()
     acc = trainer.history[-1].test_accuracy if trainer.history else float("nan")
@@ -146,7 +190,7 @@ def cmd_eval(args):
     from gpunn.layers import from_config
     from gpunn.train import evaluate
 
-    output.check_writable(args.metrics_json)
+    output.check_outputs({"--metrics-json": args.metrics_json}, {"the evaluation": args.checkpoint})
     meta, _, _ = checkpoint.load(args.checkpoint)
     backend = make_backend(args)
     try:
@@ -212,9 +256,11 @@ def _extra_commands():
 
 def report_errors(prog, func, *args):
     """``func(*args)``, with what a user can cause turned into one line on stderr and an exit
-    status (never a traceback): bad input 2, a failed run 1, Ctrl-C 130.  The examples use it too."""
+    status (never a traceback): bad input 2, a failed run 1, Ctrl-C 130, SIGTERM 143.  The
+    examples use it too."""
     try:
-        return func(*args)
+        with sigterm_as_interrupt():
+            return func(*args)
     except GpunnError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_status
@@ -224,24 +270,27 @@ def report_errors(prog, func, *args):
     except MemoryError:
         print(f"{prog}: error: not enough memory for this model or data size", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # (Terminated too)
+        return _stopped(prog, exc)
 
 
 def main(argv=None):
-    try:  # importing the commands takes a moment: Ctrl-C then is one line, too
-        parser = build_parser()
-    except KeyboardInterrupt:
-        print("gpunn: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    args = parser.parse_args(argv)
+    with sigterm_as_interrupt():
+        try:  # importing the commands takes a moment: Ctrl-C or SIGTERM then is one line, too
+            parser = build_parser()
+            args = parser.parse_args(argv)
+        except KeyboardInterrupt as exc:
+            return _stopped("gpunn", exc)
+        return _run(parser, args)
+
+
+def _run(parser, args):
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
 
     def run():
-        with cpu_threads(getattr(args, "threads", None)):
+        with cpu_threads(args.threads) if hasattr(args, "threads") else contextlib.nullcontext():
             return args.func(args)
 
     return report_errors(f"gpunn {args.command}", run)

@@ -11,6 +11,8 @@ import argparse
 import contextlib
 import dataclasses
 import math
+import os
+import sys
 
 from gpunn.backend.cublas import GEMM_IMPLEMENTATIONS
 from gpunn.backend.ops import ACTIVATIONS, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY
@@ -89,8 +91,10 @@ def add_threads_option(p):
 @contextlib.contextmanager
 def cpu_threads(n):
     """Limit the CPU libraries' thread pools (OpenBLAS, MKL, OpenMP) to ``n`` threads while
-    the command runs (threadpoolctl); ``None`` leaves them as they are."""
+    the command runs (threadpoolctl); ``None`` leaves them as they are, and says so when the
+    machine is already busy (:func:`say_if_cpu_busy`)."""
     if n is None:
+        say_if_cpu_busy()
         yield
         return
     import numpy  # noqa: F401  (a library's pool can only be limited once it is loaded)
@@ -98,6 +102,22 @@ def cpu_threads(n):
 
     with threadpool_limits(limits=n):
         yield
+
+
+def say_if_cpu_busy():
+    """One line on stderr when the 1-minute load average is above the number of cores: then a
+    thread per core (BLAS's default) fights the other processes, and a run can take tens of
+    times longer than with ``--threads 1``.  ``GPUNN_LOAD_HINT=0`` keeps it quiet."""
+    if os.environ.get("GPUNN_LOAD_HINT", "1") == "0":
+        return
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average here (Windows)
+        return
+    cores = os.cpu_count() or 1
+    if load > cores:
+        print(f"gpunn: the machine is busy (load average {load:.1f} on {cores} cores): BLAS's thread per core "
+              "will compete with the other processes; --threads 1 may run many times faster", file=sys.stderr)
 
 
 def add_model_options(p, defaults):

@@ -55,11 +55,38 @@ def _kind(mode) -> str:
     return "not a regular file"
 
 
+#: the most digits of a process id (Linux's pid_max is at most 2**22), and of the random part,
+#: in a temporary file's name
+PID_DIGITS, TOKEN_DIGITS = 7, 8
+
+
+def _tmp_name(name, pid, token):
+    return f".{name}.{pid}.{token}.tmp"
+
+
+def _check_name_length(path, target):
+    """The temporary file beside ``target`` is longer than its name: a name that fits the folder's
+    limit (NAME_MAX, 255 bytes on most file systems) may still fail at the first write."""
+    folder, name = _folder(target), os.path.basename(target)
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if not limit or limit < 0:
+        return
+    longest = len(os.fsencode(_tmp_name(name, "9" * PID_DIGITS, "0" * TOKEN_DIGITS)))
+    if longest > limit:
+        extra = longest - len(os.fsencode(name))
+        raise GpunnError(f"cannot write {path}: its name is {len(os.fsencode(name))} bytes long; gpunn writes it "
+                         f"through a temporary file beside it {extra} bytes longer ({_tmp_name('NAME', '<pid>', '<random>')}), "
+                         f"and this folder allows {limit}: use a name of at most {limit - extra} bytes")
+
+
 def check_writable(*paths):
     """Fail (GpunnError, a usage error) before any work when an output path cannot be
     written: a missing or read-only folder, a folder, block device or socket where the
-    file should be, a device or FIFO without write permission.  ``None`` entries are
-    skipped."""
+    file should be, a device or FIFO without write permission, a name too long for the
+    temporary file it is written through.  ``None`` entries are skipped."""
     for path in paths:
         if path is None:
             continue
@@ -87,6 +114,47 @@ def check_writable(*paths):
             raise GpunnError(f"cannot write {path}: folder {shown} does not exist")
         if not os.access(parent, os.W_OK):
             raise GpunnError(f"cannot write {path}: folder {shown} is not writable")
+        _check_name_length(path, target)
+
+
+def _replaced_file(path):
+    """The file writing ``path`` replaces, or None where it writes into a FIFO or device
+    (which several outputs may share: ``--json /dev/null --csv /dev/null``)."""
+    target, direct = resolve(path)
+    if direct:
+        return None
+    try:
+        st = os.stat(target)
+    except OSError:
+        return target
+    return target if stat.S_ISREG(st.st_mode) else None
+
+
+def check_outputs(outputs, inputs=None, in_place=()):
+    """:func:`check_writable` for each of a command's ``outputs`` ({option: path}, None skipped),
+    and that no two of them name the same file, and none names a file in ``inputs``
+    ({option: path}) that the command reads first: the second write would replace what the
+    first wrote, or what the command read.  ``in_place`` lists the (input option, output
+    option) pairs that may name one file: a run continued in place (``--resume X --save X``).
+    Paths are compared where they lead: links followed, ``./`` and ``../`` resolved."""
+    outputs = {k: v for k, v in outputs.items() if v is not None}
+    check_writable(*outputs.values())
+    inputs = {k: v for k, v in (inputs or {}).items() if v is not None}
+    owner = {}  # file -> (option, path) that reads or writes it
+    for option, path in [*inputs.items(), *outputs.items()]:
+        target = _replaced_file(path)
+        if target is None:
+            continue
+        if target not in owner:
+            owner[target] = option, path
+            continue
+        other, other_path = owner[target]
+        if (other, option) in in_place:
+            continue
+        if other in inputs:
+            raise GpunnError(f"{option} {path} would replace {other_path}, which {other} reads: "
+                             f"give {option} another path")
+        raise GpunnError(f"{other} {other_path} and {option} {path} name the same file: give each output its own path")
 
 
 def atomic_write(path, write):
@@ -154,7 +222,7 @@ def _replace(target, st, write):
     remove_stale_temporaries(target)
     folder, name = _folder(target), os.path.basename(target)
     for _ in range(100):
-        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        tmp = os.path.join(folder, _tmp_name(name, os.getpid(), secrets.token_hex(TOKEN_DIGITS // 2)))
         try:  # 0o666 less the umask, as open() would create it
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
             break
@@ -204,5 +272,5 @@ def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-__all__ = ["atomic_write", "check_writable", "remove_stale_temporaries", "resolve", "write_bytes", "write_json",
+__all__ = ["atomic_write", "check_outputs", "check_writable", "remove_stale_temporaries", "resolve", "write_bytes", "write_json",
            "write_text"]

@@ -50,7 +50,7 @@ from gpunn.options import (
     positive_int,
     train_config,
 )
-from gpunn.output import check_writable, write_json, write_text
+from gpunn.output import check_outputs, write_json, write_text
 from gpunn.report import chrome_trace, format_profile, jsonable, profile_csv, summarize, total_row
 from gpunn.roofline import Peaks, peaks_for
 
@@ -174,7 +174,7 @@ def time_graph_step(trainer, reps: int):
 
 
 def cmd_profile(args):
-    check_writable(args.json, args.csv, args.trace)
+    check_outputs({"--json": args.json, "--csv": args.csv, "--trace": args.trace})
     cfg = train_config(args)
     backend = make_backend(args)
     peaks = peaks_for(backend, args.peak_gflops, args.peak_gbs, args.recalibrate)

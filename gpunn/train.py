@@ -23,6 +23,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -158,10 +159,10 @@ class EpochStats:
 
 
 class Interrupted(Exception):
-    """Training stopped by SIGINT; the checkpoint (if any) has been written."""
+    """Training stopped by SIGINT or SIGTERM (``signum``); the checkpoint (if any) has been written."""
 
-    def __init__(self, epoch, step, path):
-        self.epoch, self.step, self.path = epoch, step, path
+    def __init__(self, epoch, step, path, signum=signal.SIGINT):
+        self.epoch, self.step, self.path, self.signum = epoch, step, path, signal.Signals(signum)
         super().__init__(f"interrupted at epoch {epoch + 1}, step {step}")
 
 
@@ -388,35 +389,51 @@ class Trainer:
         self.history.append(stats)
         return stats
 
+    #: the signals that stop a run cleanly: Ctrl-C, and what timeout, Slurm, systemd and docker stop send
+    STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def fit(self):
-        """Train until ``cfg.epochs``; SIGINT saves (when save_path is set) and raises Interrupted."""
-        previous = None
-        # (a process started with SIGINT ignored, under nohup say, keeps ignoring it)
-        if self.save_path and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            previous = signal.signal(signal.SIGINT, self._on_sigint)
+        """Train until ``cfg.epochs``.  With ``save_path``, SIGINT and SIGTERM finish the step in
+        flight, save, and raise Interrupted; without it a KeyboardInterrupt (or a subclass with a
+        ``signum``, as :mod:`gpunn.cli` raises on SIGTERM) stops at once and raises Interrupted."""
+        self._stop_requested, self._stop_signal = False, None
+        previous = {}
+        if self.save_path and threading.current_thread() is threading.main_thread():
+            for signum in self.STOP_SIGNALS:
+                # taken over only where it has Python's own behaviour, or a handler that raises
+                # KeyboardInterrupt as Python's does for Ctrl-C (gpunn.cli's for SIGTERM): a signal
+                # ignored (nohup, say) stays ignored, and a caller's own handler is left alone
+                handler = signal.getsignal(signum)
+                default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+                if handler is default or getattr(handler, "raises_keyboard_interrupt", False):
+                    previous[signum] = signal.signal(signum, self._on_sigint)
         try:
             while self.epoch < self.cfg.epochs:
                 try:
                     stats = self.run_epoch()
-                except KeyboardInterrupt:
+                except KeyboardInterrupt as exc:
+                    signum = self._stop_signal or getattr(exc, "signum", signal.SIGINT)
                     if self.save_path:
                         # never replace the last good checkpoint with diverged weights (a GPU
                         # checks the loss only every 50 steps)
                         lr = self.schedule(self.epoch * self.steps_per_epoch + self.step)
                         self._check_finite(float(self.backend.to_numpy(self._loss_sum)[0]), lr)
                         self.save(self.save_path)
-                    raise Interrupted(self.epoch, self.step, self.save_path) from None
+                    raise Interrupted(self.epoch, self.step, self.save_path, signum) from None
                 self.log(stats.line(self.cfg.epochs))
                 if self.save_path:
                     self.save(self.save_path)
+                if self._stop_requested and self.epoch < self.cfg.epochs:  # it came during the evaluation
+                    raise Interrupted(self.epoch, self.step, self.save_path, self._stop_signal)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         return self.history
 
     def _on_sigint(self, signum, frame):
-        # finish the step in flight, then stop: the weights are never saved half-updated
-        self._stop_requested = True
+        # SIGINT or SIGTERM: finish the step in flight, then stop (run_epoch looks after each
+        # step): the weights are never saved half-updated
+        self._stop_requested, self._stop_signal = True, signal.Signals(signum)
 
     def trained_seconds(self):
         """Seconds of training (evaluation excluded) in the epochs done so far, a stopped one's included."""

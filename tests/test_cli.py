@@ -16,7 +16,8 @@ QUICK = ["--train-samples", "3000", "--test-samples", "500", "--hidden", "32", "
 
 
 def gpunn(*args, env=None, timeout=300):
-    e = {**os.environ, "GPUNN_DATA_DIR": str(mnist_dir()), **(env or {})}
+    """``python -m gpunn ARGS``; the hint about a busy machine kept out of the one-line checks."""
+    e = {**os.environ, "GPUNN_DATA_DIR": str(mnist_dir()), "GPUNN_LOAD_HINT": "0", **(env or {})}
     return subprocess.run([sys.executable, "-m", "gpunn", *map(str, args)], capture_output=True, text=True,
                           env=e, timeout=timeout)
 
@@ -168,17 +169,17 @@ def fake_data(tmp_path):
 
 
 def outputs_of_every_command(data, ck, out):
-    """Every command line that writes a file, each writing every output it has to ``out``."""
+    """Every command line that writes a file, each writing every output it has to ``out(option)``."""
     fast = ["--backend", "numpy", "--peak-gflops", "1", "--peak-gbs", "1"]
     return [
         ["train", "--data-dir", data, "--hidden", "8", "--epochs", "1", "--backend", "numpy",
-         "--save", out, "--metrics-json", out],
-        ["eval", ck, "--data-dir", data, "--backend", "numpy", "--metrics-json", out],
+         "--save", out("save"), "--metrics-json", out("metrics-json")],
+        ["eval", ck, "--data-dir", data, "--backend", "numpy", "--metrics-json", out("metrics-json")],
         ["bench", "softmax", "--sizes", "4x10", "--reps", "1", "--warmup", "0", "--peak-gflops", "1",
-         "--peak-gbs", "1", "--json", out],
-        ["kernels", "--arch", "sm_90", "--json", out],
+         "--peak-gbs", "1", "--json", out("json")],
+        ["kernels", "--arch", "sm_90", "--json", out("json")],
         ["profile", *fast, "--hidden", "8", "--batch-size", "8", "--reps", "1", "--warmup", "0",
-         "--json", out, "--csv", out, "--trace", out],
+         "--json", out("json"), "--csv", out("csv"), "--trace", out("trace")],
     ]
 
 
@@ -192,7 +193,7 @@ def test_no_command_replaces_a_device_it_writes_to(tmp_path):
     data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
     assert gpunn("train", "--data-dir", data, "--hidden", "8", "--epochs", "1", "--backend", "numpy",
                  "--save", ck).returncode == 0
-    for cmd in outputs_of_every_command(data, ck, null):
+    for cmd in outputs_of_every_command(data, ck, lambda option: null):   # a device all outputs may share
         r = gpunn(*cmd)
         assert r.returncode == 0, (cmd, r.stderr)
         st = os.lstat(null)
@@ -205,15 +206,52 @@ def test_every_command_writes_through_a_symlink(tmp_path):
     data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
     assert gpunn("train", "--data-dir", data, "--hidden", "8", "--epochs", "1", "--backend", "numpy",
                  "--save", ck).returncode == 0
-    (tmp_path / "real").write_text("")
-    link = tmp_path / "latest"
-    link.symlink_to("real")
+    def link(option):
+        (tmp_path / f"real-{option}").write_text("")
+        if not (tmp_path / f"latest-{option}").is_symlink():
+            (tmp_path / f"latest-{option}").symlink_to(f"real-{option}")
+        return tmp_path / f"latest-{option}"
+
     for cmd in outputs_of_every_command(data, ck, link):
-        (tmp_path / "real").write_text("")
         r = gpunn(*cmd)
         assert r.returncode == 0, (cmd, r.stderr)
-        assert link.is_symlink() and os.readlink(link) == "real", cmd
-        assert (tmp_path / "real").stat().st_size > 0, cmd
+        for option in [word[2:] for word in cmd if str(word).startswith("--") and str(word)[2:] in
+                       ("save", "metrics-json", "json", "csv", "trace")]:
+            assert os.readlink(tmp_path / f"latest-{option}") == f"real-{option}", cmd
+            assert (tmp_path / f"real-{option}").stat().st_size > 0, (cmd, option)
+
+
+def test_a_name_too_long_for_the_temporary_file_is_refused_before_training(tmp_path):
+    """It passed the check, trained an epoch, then failed ``File name too long`` at the first save."""
+    long = tmp_path / ("c" * 245 + ".npz")
+    for option in ("--save", "--metrics-json"):
+        r = gpunn("train", "--data-dir", fake_data(tmp_path), *SMALL, "--epochs", "1", option, long)
+        assert f"cannot write {long}: its name is 249 bytes long" in one_line_error(r)
+        assert r.stdout == "" and "model " not in r.stderr       # refused before the model was even built
+
+
+def test_one_file_for_two_outputs_or_for_an_output_and_the_checkpoint_read_is_refused(tmp_path):
+    data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
+    assert gpunn("train", "--data-dir", data, *SMALL, "--epochs", "1", "--save", ck).returncode == 0
+    before = ck.read_bytes()
+    (tmp_path / "sub").mkdir()
+    for cmd, needle in [
+        (["train", "--data-dir", data, "--backend", "numpy", "--resume", ck, "--epochs", "2", "--metrics-json", ck],
+         f"--metrics-json {ck} would replace {ck}, which --resume reads: give --metrics-json another path"),
+        (["train", "--data-dir", data, "--backend", "numpy", "--resume", ck, "--epochs", "2", "--save", ck,
+          "--metrics-json", tmp_path / "sub" / ".." / "ck.npz"], "which --resume reads"),
+        (["train", "--data-dir", data, *SMALL, "--epochs", "1", "--save", tmp_path / "new.npz",
+          "--metrics-json", tmp_path / "sub" / ".." / "new.npz"], "name the same file: give each output its own path"),
+        (["eval", ck, "--data-dir", data, "--backend", "numpy", "--metrics-json", ck], "which the evaluation reads"),
+        (["profile", "--backend", "numpy", "--peak-gflops", "1", "--peak-gbs", "1", "--hidden", "8", "--reps", "1",
+          "--json", tmp_path / "p", "--trace", tmp_path / "p"], f"--json {tmp_path / 'p'} and --trace {tmp_path / 'p'}"),
+        (["bench", "softmax", "--sizes", "4x10", "--reps", "1", "--json", tmp_path / "b", "--plot", tmp_path / "b"],
+         "--json"),
+    ]:
+        line = one_line_error(gpunn(*cmd))
+        assert needle in line, (cmd, line)
+    assert ck.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz", "data", "sub"]
 
 
 def one_line_error(r, status=2):
@@ -268,7 +306,7 @@ def step(self, *args, **kwargs):
     real(self, *args, **kwargs)
     calls[0] += 1
     if calls[0] == int(os.environ["INTERRUPT_AT_STEP"]):
-        os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C, at a known step
+        os.kill(os.getpid(), getattr(signal, os.environ.get("INTERRUPT_SIGNAL", "SIGINT")))   # Ctrl-C, at a known step
 optim.SGD.step = step
 from gpunn.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -294,6 +332,71 @@ def test_the_resume_command_printed_after_ctrl_c_works(tmp_path):
                        timeout=300)
     assert r.returncode == 0, (command, r.stderr)
     assert "after 2 epochs" in r.stdout and checkpoint_epoch(ck) == 2
+
+
+def interrupted_run(tmp_path, signame, at_step, *args):
+    """``gpunn train ARGS`` on the fake data, sent ``signame`` by itself after step ``at_step``."""
+    env = {k: v for k, v in os.environ.items() if k != "GPUNN_DATA_DIR"}
+    env.update(INTERRUPT_AT_STEP=str(at_step), INTERRUPT_SIGNAL=signame, GPUNN_CACHE_DIR=str(tmp_path / "empty-cache"))
+    return subprocess.run([sys.executable, "-c", INTERRUPT_AT, "train", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300), env
+
+
+def arrays(path):
+    """A checkpoint's weights and velocities."""
+    import numpy as np
+
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files if k != "meta"}
+
+
+def test_sigterm_mid_epoch_saves_and_the_resumed_run_is_bit_exact(tmp_path):
+    """SIGTERM (timeout, Slurm, systemd, docker stop) once ended a run with status 143 and no word,
+    losing the epoch in flight: now it stops as Ctrl-C does, at a step boundary, saved."""
+    import shlex
+
+    data, ck, straight = fake_data(tmp_path), tmp_path / "ck.npz", tmp_path / "straight.npz"
+    run = ["--data-dir", data, "--train-samples", "20", "--test-samples", "8", *SMALL, "--epochs", "2"]
+    assert gpunn("train", *run, "--save", straight).returncode == 0
+    r, env = interrupted_run(tmp_path, "SIGTERM", 7, *run, "--save", ck)
+    assert r.returncode == 143, r.stderr
+    assert f"gpunn: terminated (SIGTERM) at epoch 2, step 2; saved {ck}. Resume with: " in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    from gpunn import checkpoint
+    meta = checkpoint.load(ck)[0]
+    assert (meta["epoch"], meta["step"]) == (1, 2)          # the epoch in flight, kept
+    words = shlex.split(r.stderr.split("Resume with: ")[1].strip())
+    r = subprocess.run([sys.executable, "-m", "gpunn", *words[1:]], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0 and "after 2 epochs" in r.stdout, r.stderr
+    got, want = arrays(ck), arrays(straight)
+    assert got.keys() == want.keys() and all(got[k].tobytes() == want[k].tobytes() for k in want)
+
+
+def test_sigterm_without_save_is_one_line_and_exit_143(tmp_path):
+    r, _ = interrupted_run(tmp_path, "SIGTERM", 3, "--data-dir", fake_data(tmp_path), "--train-samples", "20",
+                           *SMALL, "--epochs", "2")
+    assert r.returncode == 143, r.stderr
+    assert "gpunn: terminated (SIGTERM) at epoch 1" in r.stderr and "(nothing saved: use --save PATH)" in r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+SIGTERM_AT_START = """
+import os, signal, sys
+from gpunn import cli
+def commands():
+    os.kill(os.getpid(), signal.SIGTERM)   # while the commands are imported
+    raise AssertionError("SIGTERM did not stop the start-up")
+cli._extra_commands = commands
+status = cli.main(["train", "--epochs", "1"])
+print(status, signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+"""
+
+
+def test_sigterm_during_start_up_is_one_line():
+    r = subprocess.run([sys.executable, "-c", SIGTERM_AT_START], capture_output=True, text=True, timeout=120)
+    assert r.stderr == "gpunn: terminated (SIGTERM)\n", r.stderr
+    assert r.stdout == "143 True\n"                         # and SIGTERM is the default again afterwards
 
 
 def test_divergence_names_a_checkpoint_only_if_this_run_wrote_it(tmp_path):
@@ -484,3 +587,44 @@ def test_threads_limits_blas_for_the_run(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == "[1]", r.stdout
     assert "positive integer" in one_line_error(gpunn(*args, "--threads", "0"))
+
+
+def load_hints(err):
+    return [line for line in err.splitlines() if "--threads 1" in line]
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "profile", "bench"])
+def test_a_busy_machine_is_told_about_threads_in_one_line(tmp_path, monkeypatch, capsys, command):
+    """On a loaded machine the quick start took 704 s instead of ~20 s (BLAS threads fighting the
+    other processes), without a word; --threads 1 ran it at ~10 s an epoch."""
+    from gpunn import cli
+
+    data, ck = fake_data(tmp_path), tmp_path / "ck.npz"
+    args = {"train": ["train", "--data-dir", str(data), *SMALL, "--epochs", "1", "--save", str(ck)],
+            "eval": ["eval", str(ck), "--data-dir", str(data), "--backend", "numpy"],
+            "profile": ["profile", "--backend", "numpy", "--peak-gflops", "1", "--peak-gbs", "1", "--hidden", "8",
+                        "--batch-size", "8", "--reps", "1", "--warmup", "0"],
+            "bench": ["bench", "softmax", "--sizes", "4x10", "--reps", "1", "--warmup", "0", "--peak-gflops", "1",
+                      "--peak-gbs", "1"]}
+    monkeypatch.delenv("GPUNN_LOAD_HINT", raising=False)
+    cores = os.cpu_count()
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores, 0.0, 0.0))          # busy, not over-busy: quiet
+    assert cli.main(args["train"]) == 0 and load_hints(capsys.readouterr().err) == []
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.5, 0.0, 0.0))
+    assert cli.main(args[command]) == 0, capsys.readouterr().err
+    hints = load_hints(capsys.readouterr().err)
+    assert hints == [f"gpunn: the machine is busy (load average {cores + 1.5:.1f} on {cores} cores): BLAS's thread "
+                     "per core will compete with the other processes; --threads 1 may run many times faster"], hints
+    assert cli.main([*args[command], "--threads", "1"]) == 0                   # the user chose: quiet
+    assert load_hints(capsys.readouterr().err) == []
+    monkeypatch.setenv("GPUNN_LOAD_HINT", "0")
+    assert cli.main(args[command]) == 0 and load_hints(capsys.readouterr().err) == []
+
+
+def test_commands_without_threads_say_nothing_about_load(monkeypatch, capsys):
+    from gpunn import cli
+
+    monkeypatch.delenv("GPUNN_LOAD_HINT", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (os.cpu_count() + 9.0, 0.0, 0.0))
+    assert cli.main(["kernels", "--arch", "sm_90"]) == 0
+    assert load_hints(capsys.readouterr().err) == []

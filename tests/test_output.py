@@ -5,6 +5,7 @@ with the numbers of /dev/null and /dev/full (only as root: mknod needs CAP_MKNOD
 import errno
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -202,3 +203,43 @@ def test_dev_stdout_continues_the_stream_it_names(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out.txt").read_text() == 'table\n{\n  "a": 1\n}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_a_name_too_long_for_its_temporary_file_is_refused_before_any_work(tmp_path):
+    """A 249-byte name passed the check, then the first write failed ``File name too long``: its
+    temporary ``.NAME.<pid>.<random>.tmp`` is 22 bytes longer (a process id of up to 7 digits)."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    longest = limit - 22
+    with pytest.raises(GpunnError, match=rf"its name is {longest + 1} bytes long; .* this folder allows {limit}: "
+                                         rf"use a name of at most {longest} bytes"):
+        output.check_writable(tmp_path / ("a" * (longest - 3) + ".npz"))
+    fits = tmp_path / ("a" * (longest - 4) + ".npz")
+    output.check_writable(fits)
+    checkpoint.save(fits, model())   # the longest name allowed is written, whatever this process's id
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fits.name]
+
+
+def test_two_outputs_naming_one_file_are_refused(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.json").symlink_to("m.json")
+    same = [tmp_path / "m.json", tmp_path / "sub" / ".." / "m.json", tmp_path / "link.json"]
+    for other in same:
+        with pytest.raises(GpunnError, match=rf"--json {re.escape(str(tmp_path / 'm.json'))} and --csv {re.escape(str(other))} name the same file: "
+                                             "give each output its own path"):
+            output.check_outputs({"--json": tmp_path / "m.json", "--csv": other, "--trace": None})
+    output.check_outputs({"--json": tmp_path / "m.json", "--csv": tmp_path / "m.csv"})
+    output.check_outputs({"--json": os.devnull, "--csv": os.devnull})   # written into, not replaced: may share
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "sub"]
+
+
+def test_an_output_may_not_replace_what_the_command_reads(tmp_path, monkeypatch):
+    """``--resume ck.npz --metrics-json ck.npz`` said ck.npz stays as it is, then wrote JSON over it."""
+    ck = tmp_path / "ck.npz"
+    checkpoint.save(ck, model())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GpunnError, match=rf"--metrics-json \./ck.npz would replace {re.escape(str(ck))}, which --resume reads: "
+                                         "give --metrics-json another path"):
+        output.check_outputs({"--metrics-json": "./ck.npz"}, {"--resume": ck}, in_place={("--resume", "--save")})
+    output.check_outputs({"--save": ck}, {"--resume": ck}, in_place={("--resume", "--save")})  # continued in place
+    with pytest.raises(GpunnError, match="--metrics-json .* which --resume reads"):   # ... but nothing else there
+        output.check_outputs({"--save": ck, "--metrics-json": ck}, {"--resume": ck}, in_place={("--resume", "--save")})

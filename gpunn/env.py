@@ -14,6 +14,7 @@ what this process has.  Neither needs Numba to import this module.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -52,3 +53,33 @@ def simulator_on() -> bool:
     except ImportError:
         return False
     return cuda.jit.__module__.startswith("numba.cuda.simulator")
+
+
+# numba-cuda 0.30.4, its last release (maintenance mode since June 2026, NVIDIA/numba-cuda#902),
+# calls numpy.row_stack, which NumPy 2.5 removed; the report was closed as won't-fix (#907).
+# The simulator does not compile, so it still runs; compile_ptx and every kernel launch fail.
+NUMBA_CUDA_NUMPY_LIMIT = (2, 5)
+
+
+def _release(version: str) -> tuple[int, int]:
+    """(major, minor) of a version string such as "2.5.0rc1"; (0, 0) where it has none."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return (int(m[1]), int(m[2])) if m else (0, 0)
+
+
+def numba_numpy_problem(numpy_version: str | None = None) -> str | None:
+    """One line saying why Numba's CUDA compiler cannot work in this environment, or None.
+
+    numba-cuda compiles nothing with NumPy >= 2.5 (see ``NUMBA_CUDA_NUMPY_LIMIT``); gpunn's
+    extras keep NumPy below it, and this names the fix where a user's own environment has
+    both anyway. Asking imports neither Numba nor numba-cuda."""
+    if numpy_version is None:
+        import numpy
+
+        numpy_version = numpy.__version__
+    if _release(numpy_version) < NUMBA_CUDA_NUMPY_LIMIT:
+        return None
+    limit = ".".join(map(str, NUMBA_CUDA_NUMPY_LIMIT))
+    return (f"numba-cuda cannot compile kernels with NumPy {numpy_version} (it needs NumPy < {limit}; "
+            f"numba-cuda is in maintenance mode, NVIDIA/numba-cuda#902 and #907); "
+            f'fix: pip install "numpy<{limit}"')

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 
-from gpunn.env import simulator_on
+from gpunn.env import numba_numpy_problem, simulator_on
 from gpunn.kernels import FAMILIES
 from gpunn.occupancy import arch_name, parse_arch
 from gpunn.report import text_table
@@ -201,6 +201,9 @@ def kernel_report(archs=DEFAULT_ARCHS, ptxas: bool = True) -> list[dict]:
 
     Runs in a subprocess when this process has the CUDA simulator on."""
     archs = [arch_name(a) for a in archs]
+    problem = numba_numpy_problem()
+    if problem is not None:
+        raise RuntimeError(problem)
     if not simulator_on():
         return _report_here(archs, ptxas)
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")

@@ -40,7 +40,7 @@ from gpunn.backend.base import Backend
 from gpunn.backend.cublas import GEMM_IMPLEMENTATIONS
 from gpunn.backend.cuda_launch import Launcher, stream_arg
 from gpunn.backend.numpy_backend import NumpyBackend
-from gpunn.env import cache_dir, simulator_on
+from gpunn.env import cache_dir, numba_numpy_problem, simulator_on
 from gpunn.errors import BackendUnavailable, GraphUnavailable
 from gpunn.kernels import (
     FAMILIES,
@@ -73,6 +73,9 @@ def cuda_unavailable_reason() -> str | None:
     The simulator counts as unavailable: ``auto`` must only pick a real GPU."""
     if simulator_on():
         return "NUMBA_ENABLE_CUDASIM=1 is set, and auto does not pick the CUDA simulator"
+    problem = numba_numpy_problem()
+    if problem is not None:
+        return problem
     try:
         import cupy
     except ImportError as exc:

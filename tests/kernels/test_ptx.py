@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from gpunn import ptx
+from gpunn.env import numba_numpy_problem
 from gpunn.kernels.launch import MAX_STATIC_SHARED_BYTES
 
 pytestmark = pytest.mark.ptx
@@ -37,6 +38,9 @@ ptxas info    : Used 255 registers, 380 bytes cmem[0]
 @pytest.fixture(scope="session")
 def report():
     """The records of every (kernel, signature, arch), compiled and assembled once."""
+    problem = numba_numpy_problem()
+    if problem is not None:  # a failure, not a skip: this tier is what proves the kernels compile
+        pytest.fail(problem)
     try:
         ptx.find_ptxas()
     except ptx.PtxasMissing as exc:

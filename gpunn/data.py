@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import io
 import os
 import sys
 import tempfile
@@ -39,6 +40,7 @@ from tqdm import tqdm
 
 from gpunn import env
 from gpunn.errors import DataError
+from gpunn.inputs import read_regular
 
 __all__ = [
     "MIRRORS", "MNIST_FILES", "Dataset", "batch_slices", "epoch_permutation",
@@ -79,6 +81,9 @@ MIRRORS = [
 
 #: Seconds to wait for a mirror to connect or to send the next chunk.
 DOWNLOAD_TIMEOUT = 30.0
+# The most bytes gpunn reads from one data file, or lets one inflate to, or downloads (MNIST's
+# largest file is 47 MB uncompressed): no file, however crafted, takes more memory than this.
+MAX_FILE_BYTES = 1 << 31
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _IDX_UINT8 = 0x08
@@ -103,8 +108,10 @@ def read_idx(path) -> np.ndarray:
 
 
 def _read_file(path: Path) -> bytes:
+    """The bytes of the data file ``path``: a regular file (a FIFO or a device is refused before
+    it is read) of at most :data:`MAX_FILE_BYTES`."""
     try:
-        return path.read_bytes()
+        return read_regular(path, MAX_FILE_BYTES)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -113,19 +120,48 @@ def _read_file(path: Path) -> bytes:
         raise DataError(f"{path}: cannot read ({_one_line(e.strerror or e)})") from None
 
 
+def _declared_size(head: bytes) -> int | None:
+    """Header plus data bytes that a complete IDX header ``head`` declares; None when ``head`` is
+    not one (``_parse_idx`` then says what is wrong)."""
+    if len(head) < 4 or head[:2] != b"\0\0" or not 1 <= head[3] <= 4 or len(head) < 4 + 4 * head[3]:
+        return None
+    items = 1
+    for i in range(head[3]):
+        items *= int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big")
+    return 4 + 4 * head[3] + items
+
+
 def _decompress(data: bytes, where: str) -> bytes:
-    """The decompressed bytes of gzip ``data``, or ``data`` itself when it is not gzip."""
+    """The decompressed bytes of gzip ``data``, or ``data`` itself when it is not gzip.
+
+    gzip is decompressed as a stream, and no further than the IDX header inside says the
+    file holds, plus one byte to tell trailing data: a small file that inflates to gigabytes
+    costs no more memory than what its header declares (at most :data:`MAX_FILE_BYTES`)."""
     if not data:
         raise DataError(f"{where}: empty file")
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            return gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{where}: corrupt or truncated gzip data ({_one_line(e)})") from None
-    if where.endswith(".gz"):
-        raise DataError(f"{where}: named .gz but is not gzip data "
-                        f"(starts with {data[:4].hex(' ')}, gzip starts with 1f 8b)")
-    return data
+    if data[:2] != _GZIP_MAGIC:
+        if where.endswith(".gz"):
+            raise DataError(f"{where}: named .gz but is not gzip data "
+                            f"(starts with {data[:4].hex(' ')}, gzip starts with 1f 8b)")
+        return data
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            out = stream.read(4)
+            if len(out) == 4 and 1 <= out[3] <= 4:
+                out += stream.read(4 * out[3])
+            size = _declared_size(out)
+            if size is None:
+                return out  # not an IDX header: _parse_idx names what is wrong
+            if size > MAX_FILE_BYTES:
+                raise DataError(f"{where}: the IDX header declares {size:,} bytes, more than the "
+                                f"{MAX_FILE_BYTES:,} gpunn reads from one file")
+            out += stream.read(size - len(out))
+            if len(out) == size and stream.read(1):
+                raise DataError(f"{where}: trailing bytes: the IDX header declares {size - 4 - 4 * out[3]:,} "
+                                f"data bytes, and the gzip data holds more")
+            return out
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{where}: corrupt or truncated gzip data ({_one_line(e)})") from None
 
 
 def _parse_idx(data: bytes, where: str) -> np.ndarray:
@@ -269,7 +305,7 @@ def _check_limit(name: str, value):
 def _find(folder: Path, name: str) -> Path | None:
     """``folder/name`` or its uncompressed twin (``name`` without ``.gz``), if present."""
     for candidate in (folder / name, folder / name.removesuffix(".gz")):
-        if candidate.is_file():
+        if candidate.exists():  # a FIFO or a device too: reading it then says what it is
             return candidate
     return None
 
@@ -319,9 +355,10 @@ def _read_cache(folder: Path, download: bool, mirrors, progress: bool, keys=tupl
             if problem is None:
                 files[key] = (str(path), data)
                 continue
-            if not download:
-                raise DataError(f"{problem}; delete it to download MNIST again")
-            path.unlink(missing_ok=True)  # a damaged copy in our own cache: fetch it again
+            # Never deleted: gpunn moves a download into place only once its SHA-256 is right, so
+            # a file here that is not MNIST is not gpunn's (a Fashion-MNIST of the user's, say).
+            raise DataError(f"{problem}; gpunn did not write it and leaves it as it is: to use it, pass "
+                            f"--data-dir {folder} (or set GPUNN_DATA_DIR); to download MNIST, move it away")
         missing.append(key)
     if missing and not download:
         names = ", ".join(MNIST_FILES[key][0] for key in missing)
@@ -383,7 +420,11 @@ def _fetch(url: str, out, name: str, progress: bool) -> None:
         show = progress and sys.stderr is not None and sys.stderr.isatty()
         with tqdm(total=response.length, unit="B", unit_scale=True, unit_divisor=1024,
                   desc=name, leave=False, disable=not show) as bar:
+            written = 0
             while chunk := response.read(1 << 16):
+                written += len(chunk)
+                if written > MAX_FILE_BYTES:
+                    raise ValueError(f"more than the {MAX_FILE_BYTES:,} bytes gpunn downloads for one file")
                 out.write(chunk)
                 bar.update(len(chunk))
 

@@ -17,6 +17,8 @@ import errno
 import os
 import stat
 
+_PIECE = 1 << 24  # read_regular reads at most this much at a time
+
 __all__ = ["NotRegularFile", "TooLarge", "kind_of", "open_regular", "read_regular"]
 
 
@@ -80,7 +82,10 @@ def read_regular(path, limit: int | None = None, *, follow_links: bool = True) -
     with open_regular(path, follow_links=follow_links) as f:
         if limit is None:
             return f.read()
-        data = f.read(limit + 1)
+        # In pieces, not f.read(limit + 1): that would reserve limit + 1 bytes for any file.
+        data = bytearray()
+        while len(data) <= limit and (piece := f.read(min(_PIECE, limit + 1 - len(data)))):
+            data += piece
     if len(data) > limit:
         raise TooLarge(errno.EFBIG, f"larger than the {limit:,} bytes allowed", str(path))
-    return data
+    return bytes(data)

@@ -171,3 +171,26 @@ def char_device(path, minor):
 
     os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, minor))
     return path
+
+
+def within(seconds, call):
+    """``call()``'s result, failing the test (not hanging it) when it takes more than ``seconds``;
+    what it raised is raised here."""
+    import threading
+
+    out = {}
+
+    def run():
+        try:
+            out["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        pytest.fail(f"still running after {seconds} s: it hangs")
+    if "error" in out:
+        raise out["error"]
+    return out["value"]

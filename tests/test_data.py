@@ -12,6 +12,8 @@ import hashlib
 import http.server
 import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
+from conftest import char_device, needs_mknod, within
 from gpunn import data
 from gpunn.data import Dataset, batch_slices, epoch_permutation, load_mnist, read_idx
 from gpunn.errors import DataError, GpunnError
@@ -183,6 +186,59 @@ def test_read_idx_truncated_payload(tmp_path):
 def test_read_idx_trailing_bytes(tmp_path):
     path = write(tmp_path / "t", idx(np.zeros((4, 5))) + b"xyz")
     data_error(lambda: read_idx(path), path, "3 trailing bytes", "20", "23")
+
+
+def test_read_idx_gzip_trailing_bytes(tmp_path):
+    path = write(tmp_path / "t.gz", idx(np.zeros((4, 5))) + b"xyz")
+    data_error(lambda: read_idx(path), path, "trailing bytes", "declares 20 data bytes")
+
+
+def test_read_idx_header_declaring_more_than_the_limit(tmp_path):
+    path = write(tmp_path / "t.gz", b"\0\0\x08\x03" + (4096).to_bytes(4, "big") * 3)
+    data_error(lambda: read_idx(path), path, "declares 68,719,476,752 bytes", f"{data.MAX_FILE_BYTES:,}")
+
+
+_BOMB = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # 1 GiB of address space in all
+from gpunn.data import read_idx
+from gpunn.errors import DataError
+try:
+    read_idx(sys.argv[1])
+except DataError as e:
+    print(e)
+"""
+
+
+def test_a_gzip_bomb_inflates_no_further_than_its_header_says(tmp_path):
+    # 3 KB of gzip: the header of 10 x 28 x 28 images, then 4 GiB of zeros (64 members of 64 MiB).
+    member = gzip.compress(bytes(64 << 20), compresslevel=1, mtime=0)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(idx(np.zeros((10, 28, 28))), mtime=0) + member * 64)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-c", _BOMB, str(path)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    assert "trailing bytes: the IDX header declares 7,840 data bytes" in proc.stdout
+
+
+def test_a_fifo_or_device_as_a_data_file_is_refused_not_read(tmp_path):
+    folder = write_mnist(tmp_path / "d", GOOD)
+    target = folder / NAMES["train_images"]
+    target.unlink()
+    os.mkfifo(target)
+    message = within(10, lambda: data_error(lambda: load_mnist(folder, download=False), target))
+    assert "a FIFO, not a regular file" in message
+
+
+@needs_mknod
+def test_a_zero_device_as_a_cached_file_is_refused(tmp_path, good_hashes):
+    cache = write_mnist(tmp_path / "c", GOOD)
+    target = cache / NAMES["test_labels"]
+    target.unlink()
+    char_device(target, 5)  # /dev/zero: reads without end
+    message = within(10, lambda: data_error(lambda: load_mnist(cache_dir=cache, download=False), target))
+    assert "a character device, not a regular file" in message and target.exists()
 
 
 @pytest.mark.parametrize("head, fragment", [
@@ -362,7 +418,7 @@ def test_cache_dir_resolution(tmp_path, monkeypatch, good_hashes, where):
 def test_cache_file_with_wrong_checksum_is_refused_offline(tmp_path, good_hashes):
     cache = write_mnist(tmp_path / "c", dict(GOOD, test_labels=OTHER["test_labels"]))
     data_error(lambda: load_mnist(cache_dir=cache, download=False),
-               cache / NAMES["test_labels"], "SHA-256", "delete it")
+               cache / NAMES["test_labels"], "SHA-256", "leaves it as it is", f"--data-dir {cache}")
     data_error(lambda: load_mnist(cache_dir=tmp_path / "empty", download=False),
                "MNIST is not in", "downloading is off", "--data-dir", "GPUNN_DATA_DIR")
 
@@ -380,14 +436,26 @@ def test_download_into_empty_cache(tmp_path, good_hashes, server, requests):
     assert requests == []
 
 
-def test_download_only_what_is_missing_and_replace_damaged(tmp_path, good_hashes, server,
-                                                           requests):
-    cache = write_mnist(tmp_path / "c", {"train_images": GOOD["train_images"],
-                                         "test_images": OTHER["test_images"]})
+def test_download_only_what_is_missing(tmp_path, good_hashes, server, requests):
+    cache = write_mnist(tmp_path / "c", {"train_images": GOOD["train_images"]})
     load_mnist(cache_dir=cache, mirrors=[server + "good/"], progress=False)
-    assert sorted(requests) == sorted(f"/good/{NAMES[k]}" for k in
-                                      ("train_labels", "test_images", "test_labels"))
+    assert sorted(requests) == sorted(f"/good/{NAMES[k]}" for k in ("train_labels", "test_images", "test_labels"))
     assert gzip.decompress((cache / NAMES["test_images"]).read_bytes()) == GOOD["test_images"]
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_a_file_that_is_not_mnist_is_refused_never_deleted(tmp_path, good_hashes, server, requests, download):
+    # GPUNN_CACHE_DIR pointed at a folder of the user's own MNIST-format files (Fashion-MNIST, say):
+    # gpunn wrote none of them, so it may read them or refuse them, never delete or replace them.
+    cache = write_mnist(tmp_path / "mine", OTHER)
+    before = {p.name: p.read_bytes() for p in cache.iterdir()}
+    message = data_error(lambda: load_mnist(cache_dir=cache, mirrors=[server + "good/"], progress=False,
+                                            download=download),
+                         "SHA-256", "leaves it as it is", f"--data-dir {cache}")
+    assert "\n" not in message
+    assert {p.name: p.read_bytes() for p in cache.iterdir()} == before
+    assert requests == []
+    assert load_mnist(cache, download=False).name != "mnist"  # and --data-dir reads them as they are
 
 
 def test_bad_mirrors_are_skipped_and_bad_files_never_kept(tmp_path, good_hashes, server,

@@ -13,6 +13,12 @@ by what the path names:
 * a **FIFO or character device** (``/dev/null``, ``/dev/stdout``, a named pipe): the
   bytes are written straight into it; it is never renamed over or truncated away;
 * anything else (a block device, a socket, a folder): refused in one line.
+
+gpunn's own cache files (compiled kernels, measured peaks) go through :func:`write_cache_file`
+instead: a path in a cache is gpunn's, never the user's, so nothing at it is followed or
+written into. The new file is always a regular file the writer created (``O_EXCL``, which
+also refuses to open through a link), renamed over whatever is at the path: a planted link
+is replaced, its target left alone.
 """
 from __future__ import annotations
 
@@ -259,6 +265,12 @@ def _replace(target, st, write):
         pass
 
 
+def write_cache_file(path, data: bytes):
+    """Write one of gpunn's own cache files whole or not at all, never through a link or into a
+    FIFO or device at ``path`` (see the module docstring). Raises OSError."""
+    _replace(os.path.abspath(os.fspath(path)), None, lambda f: f.write(data))
+
+
 def write_bytes(path, data: bytes):
     atomic_write(path, lambda f: f.write(data))
 
@@ -272,5 +284,5 @@ def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-__all__ = ["atomic_write", "check_outputs", "check_writable", "remove_stale_temporaries", "resolve", "write_bytes", "write_json",
+__all__ = ["atomic_write", "check_outputs", "check_writable", "remove_stale_temporaries", "resolve", "write_bytes", "write_cache_file", "write_json",
            "write_text"]

@@ -28,12 +28,15 @@ The simulator has no driver: the backend launches through the dispatcher there.
 from __future__ import annotations
 
 import ctypes
+import functools
+import hashlib
 import struct
+import sys
 
 import numpy as np
 
-from gpunn.errors import GpunnError
-from gpunn.output import write_bytes
+from gpunn.inputs import read_regular
+from gpunn.output import write_cache_file
 
 #: struct format of each scalar type a kernel signature may declare (Numba type name -> format)
 SCALAR_FORMATS = {"int32": "i", "int64": "q", "uint32": "I", "uint64": "Q", "float32": "f", "float64": "d"}
@@ -223,7 +226,8 @@ class Launcher:
 
     The disk cache holds each kernel's cubin for the device's compute capability, under
     ``cache_dir`` (the cuda backend gives ``gpunn.env.cache_dir("kernels", <kernels source digest>)``),
-    keyed by the kernel, its signature, the architecture and numba-cuda's version.  A process
+    keyed by every compiler input (:meth:`cache_path`) and checked by a content hash before it
+    is loaded (:func:`read_cache_entry`).  A process
     that finds them loads each with one ``cuModuleLoadData``: no Numba compilation, not even
     the typing set-up Numba does before loading its own cache (about a second).  What a
     process runs is always a cubin loaded this way, whether it compiled it or read it."""
@@ -246,36 +250,37 @@ class Launcher:
         return entry
 
     def cache_path(self, spec, signature):
-        """The cache file of one kernel, signature and architecture (None without a cache)."""
+        """The cache file of one kernel, signature and architecture (None without a cache).
+
+        Its name is a digest of every compiler input that changes the code: besides the
+        kernels' source (the cache folder's own digest), the kernel, its signature, the
+        architecture, numba-cuda's and NVVM's versions and the dispatcher's code options."""
         if self.cache_dir is None:
             return None
-        import hashlib
         from pathlib import Path
 
-        try:
-            import numba_cuda
-
-            version = numba_cuda.__version__
-        except (ImportError, AttributeError):  # pragma: no cover - numba-cuda always has it
-            version = "?"
-        key = hashlib.sha256(f"{spec.name}|{signature}|{self.cc}|numba-cuda {version}".encode()).hexdigest()[:16]
+        options = getattr(spec.kernel, "targetoptions", {})
+        inputs = [spec.name, str(signature), str(self.cc), *compiler_versions(),
+                  *(f"{k}={options.get(k)!r}" for k in CODE_OPTIONS)]
+        key = hashlib.sha256("|".join(inputs).encode()).hexdigest()[:16]
         return Path(self.cache_dir) / f"{spec.name}-sm{self.cc[0]}{self.cc[1]}-{key}.cubin"
 
     def _function(self, spec, signature) -> int:
         path = self.cache_path(spec, signature)
         if path is not None:
-            try:
-                entry, image = path.read_bytes().split(b"\n", 1)  # the entry's name, then the cubin
-                return driver().load(image, entry)
-            except (OSError, ValueError, CudaError):  # absent (or unreadable, or torn): compile it again
-                pass
+            cached = read_cache_entry(path)
+            if cached is not None:
+                try:
+                    return driver().load(cached[1], cached[0])
+                except CudaError as exc:  # a cubin this driver refuses: compile it again
+                    _ignore(path, f"the driver cannot load it ({exc})")
         compiled = spec.kernel.compile(signature)
         cubin = compiled.library.get_cubin()
         image = bytes(getattr(cubin, "code", cubin))  # a cuda.core ObjectCode, or bytes in older releases
         entry = compiled.entry_name.encode()
         function = driver().load(image, entry)
         if path is not None:
-            _save(path, entry + b"\n" + image)
+            _save(path, cache_entry(entry, image))
         return function
 
     def bind(self, name, kernel, grid, block, args) -> BoundLaunch:
@@ -289,11 +294,69 @@ class Launcher:
         self.bind(name, kernel, grid, block, args)(stream_arg(stream))
 
 
+# The dispatcher options that change the machine code (numba-cuda's @cuda.jit keywords).
+CODE_OPTIONS = ("debug", "lineinfo", "opt", "fastmath", "lto", "inline", "forceinline", "launch_bounds",
+                "max_registers", "link")
+
+# A cache file: this line, the SHA-256 (hex) of what follows it, a newline, the entry's name,
+# a newline, the cubin.
+CACHE_MAGIC = b"gpunn-cubin 1\n"
+CACHE_LIMIT = 64 << 20  # the largest cache file read (gpunn's cubins are tens of kB)
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_versions() -> tuple[str, str]:
+    """numba-cuda's and NVVM's versions, as the cache key holds them ("?" where unknown)."""
+    try:
+        import numba_cuda
+
+        numba_cuda_version = numba_cuda.__version__
+    except (ImportError, AttributeError):  # pragma: no cover - numba-cuda always has it
+        numba_cuda_version = "?"
+    try:
+        from numba.cuda.cudadrv import nvvm
+
+        nvvm_version = ".".join(map(str, nvvm.NVVM().get_version()))
+    except Exception:  # noqa: BLE001 - no libNVVM here: nothing compiles, and the key just says so
+        nvvm_version = "?"
+    return f"numba-cuda {numba_cuda_version}", f"NVVM {nvvm_version}"
+
+
+def cache_entry(entry: bytes, image: bytes) -> bytes:
+    """The bytes of a cache file holding the cubin ``image`` and its entry's name."""
+    body = entry + b"\n" + image
+    return CACHE_MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+
+
+def read_cache_entry(path) -> tuple[bytes, bytes] | None:
+    """(entry name, cubin) from a cache file; None when there is none, or when what is there is
+    not a regular file gpunn wrote whole (a link, a FIFO, a device, a torn or altered file):
+    then it is compiled again and replaced, saying so in one line."""
+    try:
+        data = read_regular(path, CACHE_LIMIT, follow_links=False)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        _ignore(path, exc.strerror or str(exc))
+        return None
+    digest, _, body = data.removeprefix(CACHE_MAGIC).partition(b"\n")
+    entry, _, image = body.partition(b"\n")
+    if not data.startswith(CACHE_MAGIC) or hashlib.sha256(body).hexdigest().encode() != digest or not entry:
+        _ignore(path, "not a whole cache entry (its content hash does not match)")
+        return None
+    return entry, image
+
+
+def _ignore(path, why) -> None:
+    print(f"gpunn: ignoring the kernel cache file {path}: {why}; compiling it again", file=sys.stderr)
+
+
 def _save(path, data: bytes) -> None:
-    """Write a cache file whole or not at all (:func:`gpunn.output.write_bytes`); a cache that
-    cannot be written (a read-only home) just means compiling again next time."""
+    """Write a cache file whole or not at all, never through a link (:func:`gpunn.output.
+    write_cache_file`); a cache that cannot be written (a read-only home) just means compiling
+    again next time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(path, data)
-    except (OSError, GpunnError):
+        write_cache_file(path, data)
+    except OSError:
         pass

@@ -17,6 +17,8 @@ subprocess, as the PTX tier does.
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import os
 import subprocess
@@ -167,8 +169,9 @@ class FakeCompiled:
 
 
 class FakeKernel:
-    def __init__(self):
+    def __init__(self, **options):
         self.compiles = 0
+        self.targetoptions = {"debug": 0, "lineinfo": False, "opt": True, "fastmath": False, **options}
 
     def compile(self, signature):
         self.compiles += 1
@@ -210,7 +213,8 @@ def test_a_second_process_loads_the_cubin_instead_of_compiling(tmp_path, fake_dr
     first.compiled(kernel)
     assert kernel.compiles == 1
     [path] = tmp_path.glob("k-sm90-*.cubin")
-    assert path.read_bytes() == b"_Z6kernelPf\n\x7fELF cubin bytes\nwith a newline"
+    body = b"_Z6kernelPf\n\x7fELF cubin bytes\nwith a newline"
+    assert path.read_bytes() == b"gpunn-cubin 1\n" + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
     second = Launcher([spec_for(kernel)], cc=(9, 0), cache_dir=tmp_path)  # a new process, as it were
     function, argtypes, formats = second.compiled(kernel)
     assert kernel.compiles == 1 and formats == "q" * 7
@@ -236,3 +240,69 @@ def test_a_torn_or_unwritable_cache_means_compiling_again(tmp_path, fake_driver)
     assert kernel.compiles == 2
     Launcher([spec], cc=(9, 0), cache_dir=None).compiled(kernel)
     assert kernel.compiles == 3
+
+
+def _one_cubin(tmp_path):
+    [path] = tmp_path.glob("k-sm90-*.cubin")
+    return path
+
+
+def test_a_planted_link_is_replaced_never_written_through(tmp_path, fake_driver, capsys):
+    pytest.importorskip("numba")
+    from gpunn.backend.cuda_launch import Launcher
+
+    kernel = FakeKernel()
+    spec = spec_for(kernel)
+    launcher = Launcher([spec], cc=(9, 0), cache_dir=tmp_path / "cache")
+    path = launcher.cache_path(spec, spec.signatures[0])
+    path.parent.mkdir()
+    victim = tmp_path / "precious.txt"
+    victim.write_text("the user's own file")
+    path.symlink_to(victim)
+    launcher.compiled(kernel)
+    assert victim.read_text() == "the user's own file"
+    assert path.is_file() and not path.is_symlink() and kernel.compiles == 1
+    assert "ignoring the kernel cache file" in capsys.readouterr().err
+
+
+def test_a_fifo_in_the_cache_is_ignored_and_rebuilt_not_read(tmp_path, fake_driver, capsys):
+    pytest.importorskip("numba")
+    from conftest import within
+    from gpunn.backend.cuda_launch import Launcher
+
+    kernel = FakeKernel()
+    spec = spec_for(kernel)
+    launcher = Launcher([spec], cc=(9, 0), cache_dir=tmp_path)
+    os.mkfifo(launcher.cache_path(spec, spec.signatures[0]))
+    within(10, lambda: launcher.compiled(kernel))
+    assert kernel.compiles == 1 and _one_cubin(tmp_path).is_file()
+    [line] = capsys.readouterr().err.splitlines()
+    assert "a FIFO, not a regular file" in line and "compiling it again" in line
+
+
+def test_an_altered_cubin_is_compiled_again(tmp_path, fake_driver, capsys):
+    pytest.importorskip("numba")
+    from gpunn.backend.cuda_launch import Launcher
+
+    kernel = FakeKernel()
+    Launcher([spec_for(kernel)], cc=(9, 0), cache_dir=tmp_path).compiled(kernel)
+    path = _one_cubin(tmp_path)
+    path.write_bytes(path.read_bytes().replace(b"cubin bytes", b"evil bytes!"))  # same length, other code
+    Launcher([spec_for(kernel)], cc=(9, 0), cache_dir=tmp_path).compiled(kernel)
+    assert kernel.compiles == 2 and "content hash" in capsys.readouterr().err
+    assert all(image == b"\x7fELF cubin bytes\nwith a newline" for image, _ in fake_driver.loaded)
+
+
+@pytest.mark.parametrize("option", [{"fastmath": True}, {"debug": 1}, {"lineinfo": True}, {"opt": False}])
+def test_the_key_holds_the_code_options_and_compiler_versions(option, monkeypatch):
+    pytest.importorskip("numba")
+    import gpunn.backend.cuda_launch as cl
+
+    def key(kernel):
+        spec = spec_for(kernel)
+        return cl.Launcher([spec], cc=(9, 0), cache_dir="/c").cache_path(spec, spec.signatures[0])
+
+    plain = key(FakeKernel())
+    assert key(FakeKernel()) == plain and key(FakeKernel(**option)) != plain
+    monkeypatch.setattr(cl, "compiler_versions", lambda: ("numba-cuda 0.30.4", "NVVM 9.9"))
+    assert key(FakeKernel()) != plain

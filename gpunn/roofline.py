@@ -23,9 +23,11 @@ Where the peaks come from:
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -34,6 +36,8 @@ import numpy as np
 
 from gpunn.backend.ops import Cost
 from gpunn.env import cache_dir
+from gpunn.inputs import read_regular
+from gpunn.output import write_cache_file
 
 
 class Peaks(NamedTuple):
@@ -127,30 +131,55 @@ def calibrate_cpu(budget: float = 0.4, gemm_size: int = 1024, copy_bytes: int = 
     return 2 * n**3 / gemm_s / 1e9, 2 * src.nbytes / copy_s / 1e9
 
 
+PEAKS_LIMIT = 1 << 20  # the largest peaks.json read (an entry is about 100 bytes)
+
+
+def _usable(entry) -> bool:
+    """True when a peaks.json entry holds two finite positive rates and when they were measured."""
+    def rate(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+    return (isinstance(entry, dict) and rate(entry.get("gflops")) and rate(entry.get("gbs"))
+            and isinstance(entry.get("measured"), str))
+
+
+def _read_peaks(path: Path, key: str) -> tuple[dict, str | None]:
+    """(the table in ``path``, why this machine's entry cannot be used; None when it can)."""
+    try:
+        table = json.loads(read_regular(path, PEAKS_LIMIT, follow_links=False))
+    except FileNotFoundError:
+        return {}, "absent"
+    except OSError as exc:
+        return {}, exc.strerror or str(exc)
+    except (ValueError, RecursionError):
+        return {}, "not valid JSON"
+    if not isinstance(table, dict):
+        return {}, "not a JSON object"
+    if key not in table:
+        return table, "absent"
+    return table, None if _usable(table[key]) else f"the entry for {key!r} is not two positive rates and a date"
+
+
 def cpu_peaks(recalibrate: bool = False, cache: Path | None = None) -> Peaks:
-    """The CPU's peaks from the cache, calibrating (and caching) when absent or asked."""
+    """The CPU's peaks from the cache, calibrating (and caching) when absent or asked.
+
+    ``peaks.json`` is untrusted input: a file that is not a regular file, not JSON, or whose
+    entry is not two positive rates and a date is ignored (saying so in one line) and measured
+    again."""
     path = (cache or cache_dir()) / "peaks.json"
     key = cpu_key()
-    table = {}
-    try:
-        table = json.loads(path.read_text())
-        if not isinstance(table, dict):
-            table = {}
-    except (OSError, ValueError):
-        pass
-    entry = table.get(key)
-    if recalibrate or not (isinstance(entry, dict) and entry.get("gflops", 0) > 0 and entry.get("gbs", 0) > 0):
+    table, problem = _read_peaks(path, key)
+    if problem not in (None, "absent"):
+        print(f"gpunn: ignoring {path} ({problem}); measuring the CPU's peaks again", file=sys.stderr)
+    if recalibrate or problem is not None:
         gflops, gbs = calibrate_cpu()
-        entry = {"gflops": gflops, "gbs": gbs, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-        table[key] = entry
-        from gpunn.errors import GpunnError
-        from gpunn.output import write_json
-
+        table[key] = {"gflops": gflops, "gbs": gbs, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(path, table)
-        except (OSError, GpunnError):
+            write_cache_file(path, (json.dumps(table, indent=2) + "\n").encode())
+        except OSError:
             pass  # an unwritable cache costs a recalibration next time, nothing more
+    entry = table[key]
     return Peaks(float(entry["gflops"]), float(entry["gbs"]), f"{cpu_model()}, {cpu_threads()} threads",
                  f"calibrated {entry['measured']} (float32 GEMM 1024², 64 MiB copy; cached in {path})")
 

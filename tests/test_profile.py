@@ -121,6 +121,39 @@ def test_cpu_peaks_are_measured_once_then_cached(tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
+@pytest.mark.parametrize("content, why", [
+    ('{KEY: {"gflops": "abc", "gbs": 5.0, "measured": "2026-12-01"}}', "is not two positive rates"),
+    ('{KEY: {"gflops": 50.0, "gbs": 5.0}}', "is not two positive rates and a date"),
+    ('{KEY: {"gflops": true, "gbs": 5.0, "measured": "x"}}', "is not two positive rates"),
+    ('{KEY: {"gflops": -1, "gbs": 5.0, "measured": "x"}}', "is not two positive rates"),
+    ('{KEY: {"gflops": 1e999, "gbs": 5.0, "measured": "x"}}', "is not two positive rates"),
+    ("{KEY: [1, 2]}", "is not two positive rates"),
+    ("[" * 100_000, "not valid JSON"),
+    ('"just a string"', "not a JSON object"),
+    ("\xff\xfe", "not valid JSON"),
+])
+def test_a_corrupt_peaks_file_is_ignored_and_measured_again(tmp_path, monkeypatch, capsys, content, why):
+    from gpunn.roofline import cpu_key
+
+    monkeypatch.setattr("gpunn.roofline.calibrate_cpu", lambda: (50.0, 5.0))
+    (tmp_path / "peaks.json").write_text(content.replace("KEY", json.dumps(cpu_key())), errors="surrogateescape")
+    peaks = cpu_peaks(cache=tmp_path)
+    assert (peaks.gflops, peaks.gbs) == (50.0, 5.0)
+    [line] = capsys.readouterr().err.splitlines()
+    assert "peaks.json" in line and why in line and "measuring the CPU's peaks again" in line
+    assert cpu_peaks(cache=tmp_path).gflops == 50.0 and capsys.readouterr().err == ""  # rewritten whole
+
+
+def test_a_fifo_as_the_peaks_file_is_ignored_not_read(tmp_path, monkeypatch, capsys):
+    from conftest import within
+
+    monkeypatch.setattr("gpunn.roofline.calibrate_cpu", lambda: (50.0, 5.0))
+    os.mkfifo(tmp_path / "peaks.json")
+    assert within(10, lambda: cpu_peaks(cache=tmp_path)).gflops == 50.0
+    assert "a FIFO, not a regular file" in capsys.readouterr().err
+    assert (tmp_path / "peaks.json").is_file()  # replaced by a regular file
+
+
 # ---------------------------------------------------------------------------- the recorder
 
 

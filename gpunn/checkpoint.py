@@ -1,11 +1,23 @@
 """Checkpoints: weights, optimizer state and training position in a pickle-free ``.npz``.
 
 Layout: ``format`` (a string), ``meta`` (JSON: model config, training options,
-epoch/step position), ``param/<i>`` and ``velocity/<i>`` arrays.  Loaded with
-``allow_pickle=False``.  Written by :func:`gpunn.output.atomic_write`: to a temporary
-file in the same folder, flushed, fsynced and renamed over the target, so a crash
-mid-write leaves the previous checkpoint intact (a symlink is written through, a FIFO
-or device written into).
+epoch/step position), ``param/<i>`` and ``velocity/<i>`` arrays.  Written by
+:func:`gpunn.output.atomic_write`: to a temporary file in the same folder, flushed,
+fsynced and renamed over the target, so a crash mid-write leaves the previous checkpoint
+intact (a symlink is written through, a FIFO or device written into).
+
+A checkpoint is untrusted input, read as such:
+
+* only a regular file is opened (a FIFO or a device is refused before it is read);
+* every zip member must be stored or deflated and not encrypted, and be a ``.npy`` array;
+* ``format`` and ``meta`` are read no further than :data:`META_LIMIT` bytes, and the JSON
+  may not nest deeper than Python can parse;
+* an array's ``.npy`` header (shape, dtype) is compared with what the model needs
+  *before* its data is decompressed, and no more than that many bytes are ever inflated;
+* weights and optimizer state must be float32, of the model's shapes, and finite.
+
+Every problem is a :class:`~gpunn.errors.CheckpointError` of one line naming the file and
+the entry.
 """
 from __future__ import annotations
 
@@ -16,9 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from gpunn.errors import CheckpointError
+from gpunn.inputs import open_regular
 from gpunn.output import atomic_write
 
 FORMAT = "gpunn-checkpoint/1"
+META_LIMIT = 1 << 24  # the most bytes the format and metadata entries may hold (16 MiB)
+DEFLATE_MAX_RATIO = 1032  # deflate inflates at most about 1032:1: a member claiming more is corrupt
+_MEMBER_KINDS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
 
 
 def save(path, model, optimizer=None, meta=None):
@@ -36,40 +52,185 @@ def save(path, model, optimizer=None, meta=None):
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+class Checkpoint:
+    """An open checkpoint archive: its ``meta`` read and checked, its arrays read on request
+    (:meth:`array`), each against the shape the caller expects. Use as a context manager."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self._file = open_regular(self.path)
+        except FileNotFoundError:
+            raise CheckpointError(f"{self.path}: no such checkpoint file") from None
+        except IsADirectoryError:
+            raise CheckpointError(f"{self.path} is a folder, not a checkpoint file") from None
+        except OSError as exc:
+            what = exc.strerror or exc
+            if "a folder" in str(what):
+                raise CheckpointError(f"{self.path} is a folder, not a checkpoint file") from None
+            raise CheckpointError(f"{self.path}: cannot read it ({what})") from None
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self):
+        magic = self._file.read(4)
+        if magic != b"PK\x03\x04":  # not a zip archive: np.load would try (and refuse) a pickle
+            raise CheckpointError(f"{self.path}: not a gpunn checkpoint (not an .npz archive"
+                                  f"{', an empty file' if not magic else ''})")
+        self._file.seek(0)
+        try:
+            self._zip = zipfile.ZipFile(self._file)
+            self._members = {}
+            for info in self._zip.infolist():
+                self._check_member(info)
+                self._members[info.filename.removesuffix(".npy")] = info
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+            raise self._corrupt(None, exc) from None
+        if "format" not in self._members or "meta" not in self._members:
+            raise CheckpointError(f"{self.path}: not a gpunn checkpoint (no format/meta entries)")
+        fmt = self._string("format")
+        if fmt != FORMAT:
+            raise CheckpointError(f"{self.path}: unsupported checkpoint format {fmt[:80]!r} (expected {FORMAT})")
+        try:
+            meta = json.loads(self._string("meta"))
+        except RecursionError:
+            raise CheckpointError(f"{self.path}: meta: nested too deeply to be a checkpoint's metadata") from None
+        except ValueError as exc:
+            raise CheckpointError(f"{self.path}: meta: not valid JSON ({exc})") from None
+        if not isinstance(meta, dict) or "model" not in meta:
+            raise CheckpointError(f"{self.path}: checkpoint metadata has no model configuration")
+        self.meta = meta
+
+    def _check_member(self, info):
+        name = info.filename
+        if info.flag_bits & 0x1:
+            raise CheckpointError(f"{self.path}: {name} is encrypted; a checkpoint's entries are plain")
+        if info.compress_type not in _MEMBER_KINDS:
+            raise CheckpointError(f"{self.path}: {name} uses zip compression method {info.compress_type}; "
+                                  f"a checkpoint's entries are stored or deflated")
+        if not name.endswith(".npy"):
+            raise CheckpointError(f"{self.path}: {name} is not an array entry (.npy)")
+
+    def _corrupt(self, name, exc):
+        where = f"{self.path}: {name}:" if name else f"{self.path}:"
+        return CheckpointError(f"{where} not a gpunn checkpoint, or truncated/corrupt "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+
+    def names(self, prefix):
+        """The array entries whose names start with ``prefix`` ("param/")."""
+        return sorted(k for k in self._members if k.startswith(prefix))
+
+    def _header(self, stream, name):
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(stream)
+        if version in ((2, 0), (3, 0)):
+            return np.lib.format.read_array_header_2_0(stream)
+        raise ValueError(f"unknown .npy format version {version}")
+
+    def _read(self, name, check):
+        """The array ``name``: its header read and passed to ``check(shape, dtype)``, which raises
+        when it is not what the caller expects; only then its data, and no more of it."""
+        info = self._members[name]
+        try:
+            with self._zip.open(info) as stream:
+                shape, fortran, dtype = self._header(stream, name)
+                check(shape, dtype)
+                if dtype.hasobject:
+                    raise CheckpointError(f"{self.path}: {name} holds Python objects; a checkpoint holds numbers and text")
+                nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                ratio = DEFLATE_MAX_RATIO if info.compress_type == zipfile.ZIP_DEFLATED else 1
+                if nbytes > (info.compress_size + 64) * ratio:
+                    raise CheckpointError(f"{self.path}: {name} declares {nbytes:,} bytes, more than its "
+                                          f"{info.compress_size:,} bytes in the archive can hold")
+                data = stream.read(nbytes)
+                if len(data) != nbytes:
+                    raise CheckpointError(f"{self.path}: {name} is truncated ({len(data):,} of {nbytes:,} bytes)")
+                if stream.read(1):
+                    raise CheckpointError(f"{self.path}: {name} holds more than its header declares")
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, TypeError, NotImplementedError) as exc:
+            raise self._corrupt(name, exc) from None
+        array = np.frombuffer(data, dtype)
+        return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+    def _string(self, name) -> str:
+        def check(shape, dtype):
+            if shape != () or dtype.kind != "U" or dtype.itemsize > META_LIMIT:
+                raise CheckpointError(f"{self.path}: {name} is {dtype}{shape}; expected one string of at most "
+                                      f"{META_LIMIT // 4:,} characters")
+
+        return str(self._read(name, check)[()])
+
+    def array(self, name, shape):
+        """The float32 array ``name`` of ``shape``, finite; CheckpointError naming it otherwise."""
+        shape = tuple(shape)
+
+        def check(got, dtype):
+            if tuple(got) != shape or dtype != np.dtype("<f4"):
+                raise CheckpointError(f"{self.path}: {name} is {dtype}{tuple(got)}, the model needs float32{shape}")
+
+        array = self._read(name, check)
+        if not np.isfinite(array).all():
+            bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+            raise CheckpointError(f"{self.path}: {name} holds {bad:,} values that are not finite (NaN or inf): "
+                                  f"a checkpoint of a diverged run")
+        return array
+
+    def close(self):
+        zf = getattr(self, "_zip", None)
+        if zf is not None:
+            zf.close()
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_meta(path) -> dict:
+    """The checkpoint's metadata (its model configuration under ``"model"``), checked as a
+    whole archive is (see the module docstring), without reading any array."""
+    with Checkpoint(path) as ck:
+        return ck.meta
+
+
 def load(path):
-    """Read a checkpoint: returns ``(meta, params, velocities)`` as host arrays; CheckpointError if bad."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    if magic != b"PK\x03\x04":  # not a zip archive: np.load would try (and refuse) a pickle
-        raise CheckpointError(f"{path}: not a gpunn checkpoint (not an .npz archive"
-                              f"{', an empty file' if not magic else ''})")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            files = set(z.files)
-            if "format" not in files or "meta" not in files:
-                raise CheckpointError(f"{path}: not a gpunn checkpoint (no format/meta entries)")
-            fmt = str(z["format"])
-            if fmt != FORMAT:
-                raise CheckpointError(f"{path}: unsupported checkpoint format {fmt!r} (expected {FORMAT})")
-            meta = json.loads(str(z["meta"]))
-            n = sum(1 for k in files if k.startswith("param/"))
-            params = [z[f"param/{i}"] for i in range(n)]
-            velocities = [z[f"velocity/{i}"] if f"velocity/{i}" in files else None for i in range(n)]
-    except CheckpointError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{path}: not a gpunn checkpoint, or truncated/corrupt ({type(exc).__name__}: {exc})") from None
-    if not isinstance(meta, dict) or "model" not in meta:
-        raise CheckpointError(f"{path}: checkpoint metadata has no model configuration")
-    return meta, params, velocities
+    """Read a checkpoint: ``(meta, params, velocities)`` as host arrays, each array checked
+    against the shapes its model configuration gives before it is read; CheckpointError if bad.
+    A velocity absent from the file is None."""
+    from gpunn.layers import config_shapes
+
+    with Checkpoint(path) as ck:
+        try:
+            shapes = config_shapes(ck.meta["model"])
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: model: {exc}") from None
+        _check_names(ck, "param/", len(shapes), required=True)
+        _check_names(ck, "velocity/", len(shapes), required=False)
+        params = [ck.array(f"param/{i}", s) for i, s in enumerate(shapes)]
+        velocities = [ck.array(f"velocity/{i}", s) if f"velocity/{i}" in ck.names("velocity/") else None
+                      for i, s in enumerate(shapes)]
+    return ck.meta, params, velocities
+
+
+def _check_names(ck, prefix, n, required):
+    names = ck.names(prefix)
+    expected = [f"{prefix}{i}" for i in range(n)]
+    extra = sorted(set(names) - set(expected))
+    if extra:
+        raise CheckpointError(f"{ck.path}: {extra[0]}: the model has {n} parameter arrays ({prefix}0 to {prefix}{n - 1})")
+    if required and names != sorted(expected):
+        missing = sorted(set(expected) - set(names))
+        raise CheckpointError(f"{ck.path}: {missing[0]} is missing")
 
 
 def _describe(c):
@@ -91,20 +252,30 @@ def check_architecture(path, saved, model_config):
 
 
 def restore(path, model, optimizer=None):
-    """Load a checkpoint into an existing model (and optimizer); returns its meta."""
-    meta, params, velocities = load(path)
-    check_architecture(path, meta["model"], model.config())
-    be = model.backend
-    if len(params) != len(model.params):
-        raise CheckpointError(f"{path}: checkpoint has {len(params)} parameter arrays, the model {len(model.params)}")
-    for i, (dst, src) in enumerate(zip(model.params, params)):
-        if tuple(src.shape) != tuple(dst.shape) or src.dtype != np.float32:
-            raise CheckpointError(f"{path}: parameter {i} is {src.dtype}{tuple(src.shape)}, the model needs float32{tuple(dst.shape)}")
-        dst[...] = be.asarray(src)
-    if optimizer is not None:
-        for i, (dst, src) in enumerate(zip(optimizer.velocities, velocities)):
-            if dst is not None and src is not None:
-                if tuple(src.shape) != tuple(dst.shape):
-                    raise CheckpointError(f"{path}: velocity {i} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
-                dst[...] = be.asarray(src)
-    return meta
+    """Load a checkpoint into an existing model (and optimizer); returns its meta.
+
+    With an optimizer that keeps velocities, each must be in the file: a resume without
+    them would not continue the run it claims to."""
+    with Checkpoint(path) as ck:
+        saved = ck.meta["model"]
+        if not isinstance(saved, list) or not all(isinstance(c, dict) for c in saved):
+            raise CheckpointError(f"{path}: model: a model configuration is a list of layers")
+        check_architecture(path, saved, model.config())
+        be = model.backend
+        _check_names(ck, "param/", len(model.params), required=True)
+        _check_names(ck, "velocity/", len(model.params), required=False)
+        arrays = [ck.array(f"param/{i}", dst.shape) for i, dst in enumerate(model.params)]
+        velocities = []
+        if optimizer is not None:
+            for i, dst in enumerate(optimizer.velocities):
+                if dst is None:
+                    continue
+                if f"velocity/{i}" not in ck.names("velocity/"):
+                    raise CheckpointError(f"{path}: velocity/{i} is missing: the optimizer keeps momentum, and "
+                                          f"this checkpoint holds none for parameter {i}")
+                velocities.append((dst, ck.array(f"velocity/{i}", dst.shape)))
+        for dst, src in zip(model.params, arrays):  # only once every array is read and checked
+            dst[...] = be.asarray(src)
+        for dst, src in velocities:
+            dst[...] = be.asarray(src)
+        return ck.meta

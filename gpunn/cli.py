@@ -131,17 +131,18 @@ def cmd_train(args):
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     base = None
     if args.resume:
-        meta, _, _ = checkpoint.load(args.resume)
+        meta = checkpoint.read_meta(args.resume)
         base = meta.get("train")
         if not isinstance(base, dict):
             raise GpunnError(f"{args.resume}: checkpoint has no training state to resume (use gpunn eval)")
+        try:  # the checkpoint's own options, through the one schema the command line's go through
+            train_config(argparse.Namespace(), base)
+        except ValueError as exc:
+            raise GpunnError(f"{args.resume}: train.{exc}") from None
+        except GpunnError as exc:
+            raise GpunnError(f"{args.resume}: {exc}") from None
         check_resume_options(args, args.resume, base)
-    try:
-        cfg = train_config(args, base)
-    except (GpunnError, ValueError, TypeError) as exc:
-        if base is None:
-            raise
-        raise GpunnError(f"{args.resume}: {exc}") from None  # the checkpoint's own options are bad
+    cfg = train_config(args, base)
     backend = make_backend(args)
     data = load_data(args, progress)
     if base is not None and meta.get("in_features") not in (None, data.train_x.shape[1]):
@@ -191,7 +192,7 @@ def cmd_eval(args):
     from gpunn.train import evaluate
 
     output.check_outputs({"--metrics-json": args.metrics_json}, {"the evaluation": args.checkpoint})
-    meta, _, _ = checkpoint.load(args.checkpoint)
+    meta = checkpoint.read_meta(args.checkpoint)
     backend = make_backend(args)
     try:
         model = from_config(meta["model"], backend=backend)

@@ -108,7 +108,7 @@ class Dense(Layer):
     def __init__(self, in_features, out_features, activation="identity", *, backend=None, rng=None):
         super().__init__(backend)
         for what, v in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(v, (int, np.integer)) or v <= 0:
+            if not _positive_int(v):
                 raise ValueError(f"Dense: {what} must be a positive integer, got {v!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"Dense: unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
@@ -172,6 +172,8 @@ class Activation(Layer):
 
     def __init__(self, width, *, backend=None):
         super().__init__(backend)
+        if not _positive_int(width):
+            raise ValueError(f"{type(self).__name__}: width must be a positive integer, got {width!r}")
         self.width = int(width)
 
     def __repr__(self):
@@ -357,19 +359,43 @@ def mlp(sizes, activation="relu", output_activation="identity", *, backend=None,
     return Sequential(layers)
 
 
-def from_config(config, *, backend=None):
-    """Rebuild a model from ``Sequential.config()`` (weights initialised; load them after)."""
-    backend = get_backend(backend)
-    layers = []
+def _positive_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v > 0
+
+
+def config_shapes(config) -> list[tuple[int, ...]]:
+    """The parameter shapes, layer by layer, of the model that ``config`` describes, found
+    without building it; ValueError naming the layer and the field for anything else but a
+    list of layer records gpunn knows, with positive integer sizes and known activations.
+    (A configuration read from a file is checked here before any memory is given to it.)"""
+    if not isinstance(config, list) or not config:
+        raise ValueError(f"a model configuration is a non-empty list of layers, not {type(config).__name__}")
+    shapes = []
     for i, c in enumerate(config):
         kind = c.get("type") if isinstance(c, dict) else None
         if kind not in LAYER_TYPES:
             raise ValueError(f"layer {i}: unknown layer type {kind!r}")
-        try:
-            if kind == "Dense":
-                layers.append(Dense(c["in"], c["out"], c["activation"], backend=backend))
-            else:
-                layers.append(LAYER_TYPES[kind](c["width"], backend=backend))
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"layer {i}: malformed {kind} configuration {c!r} ({type(exc).__name__}: {exc})") from None
+        fields = ("in", "out", "activation") if kind == "Dense" else ("width",)
+        if set(c) != {"type", *fields}:
+            raise ValueError(f"layer {i}: a {kind} layer has the fields {', '.join(fields)}, not {sorted(set(c) - {'type'})}")
+        for f in fields:
+            if f != "activation" and not _positive_int(c[f]):
+                raise ValueError(f"layer {i}: {kind} {f} must be a positive integer, not {c[f]!r}")
+        if kind == "Dense":
+            if c["activation"] not in ACTIVATIONS:
+                raise ValueError(f"layer {i}: unknown activation {c['activation']!r}; expected one of {', '.join(ACTIVATIONS)}")
+            shapes += [(int(c["in"]), int(c["out"])), (int(c["out"]),)]
+    return shapes
+
+
+def from_config(config, *, backend=None):
+    """Rebuild a model from ``Sequential.config()`` (weights initialised; load them after)."""
+    config_shapes(config)
+    backend = get_backend(backend)
+    layers = []
+    for c in config:
+        if c["type"] == "Dense":
+            layers.append(Dense(c["in"], c["out"], c["activation"], backend=backend))
+        else:
+            layers.append(LAYER_TYPES[c["type"]](c["width"], backend=backend))
     return Sequential(layers)

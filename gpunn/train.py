@@ -32,13 +32,13 @@ import numpy as np
 
 from gpunn import checkpoint
 from gpunn.backend import get_backend
-from gpunn.backend.ops import ACTIVATIONS
+from gpunn.backend.ops import ACTIVATIONS, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY
 from gpunn.data import batch_slices, epoch_permutation
 from gpunn.errors import CheckpointError, DataError, TrainingDiverged
 from gpunn.instrument import annotate_nvtx
 from gpunn.layers import OUTPUT_ACTIVATIONS, mlp
 from gpunn.losses import LOSSES, get_loss
-from gpunn.optim import SGD, Schedule, valid_learning_rate
+from gpunn.optim import SGD, Schedule
 
 
 @dataclass
@@ -63,29 +63,22 @@ class TrainConfig:
     eval_batch_size: int = 1000
 
     def __post_init__(self):
-        self.hidden = tuple(self.hidden)
-        if self.output_activation is None:
+        if isinstance(self.hidden, (list, tuple)):
+            self.hidden = tuple(self.hidden)
+        if self.output_activation is None and self.loss in LOSSES:
             self.output_activation = "identity" if self.loss == "cross-entropy" else "sigmoid"
         self.validate()
 
     def validate(self):
-        for h in self.hidden:
-            if not isinstance(h, (int, np.integer)) or h <= 0:
-                raise ValueError(f"hidden layer sizes must be positive integers, got {h!r}")
-        if not isinstance(self.epochs, int) or self.epochs <= 0:
-            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
-            raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
-        if not valid_learning_rate(self.lr):
-            raise ValueError(f"learning rate must be a positive number, got {self.lr!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
-        if self.lr_schedule not in Schedule.NAMES:
-            raise ValueError(f"unknown learning-rate schedule {self.lr_schedule!r}; expected one of {', '.join(Schedule.NAMES)}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; expected relu, sigmoid or tanh")
-        if self.output_activation not in OUTPUT_ACTIVATIONS:
-            raise ValueError(f"unknown output activation {self.output_activation!r}")
+        """ValueError naming the first field that is not what a run can train with.
+
+        The one schema of a run's options: the command line builds a TrainConfig from its
+        options, and a resumed checkpoint's ``train`` record goes through the same checks
+        (so a crafted file cannot train at a negative rate, or resume at step -2)."""
+        for name, ok, what in _FIELD_RULES:
+            value = getattr(self, name)
+            if not ok(value):
+                raise ValueError(f"{name} must be {what}, got {value!r}")
         if self.loss == "cross-entropy" and self.output_activation != "identity":
             raise ValueError("cross-entropy takes logits: the output activation must be identity")
 
@@ -93,6 +86,98 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         return d
+
+
+def _count(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v > 0
+
+
+def _one_of(names):
+    return lambda v: isinstance(v, str) and v in names
+
+
+#: (field, ok(value), what it must be): TrainConfig.validate's table, one row per field.
+_FIELD_RULES = (
+    ("hidden", lambda v: isinstance(v, tuple) and all(_count(h) for h in v), "a list of positive integers (hidden layer sizes)"),
+    ("activation", _one_of(ACTIVATIONS), f"one of {', '.join(ACTIVATIONS)} (unknown activation)"),
+    ("loss", _one_of(LOSSES), f"one of {', '.join(LOSSES)} (unknown loss)"),
+    ("output_activation", _one_of(OUTPUT_ACTIVATIONS), f"one of {', '.join(OUTPUT_ACTIVATIONS)} (unknown output activation)"),
+    ("epochs", _count, "a positive integer"),
+    ("batch_size", _count, "a positive integer (the batch size)"),
+    ("lr", LEARNING_RATE.ok, f"{LEARNING_RATE.what} (the learning rate)"),
+    ("momentum", MOMENTUM.ok, MOMENTUM.what),
+    ("nesterov", lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
+    ("weight_decay", WEIGHT_DECAY.ok, WEIGHT_DECAY.what),
+    ("lr_schedule", _one_of(Schedule.NAMES), f"one of {', '.join(Schedule.NAMES)} (unknown learning-rate schedule)"),
+    ("step_size", lambda v: v is None or _count(v), "a positive integer (epochs between decays) or null"),
+    ("gamma", lambda v: LEARNING_RATE.ok(v), "a positive finite number (the step schedule's decay factor)"),
+    ("seed", lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and 0 <= v < 2**63,
+     "an integer in [0, 2^63)"),
+    ("eval_batch_size", _count, "a positive integer"),
+)
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+
+
+def _whole(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _field(name, value, ok, what):
+    if not ok(value):
+        raise ValueError(f"{name} must be {what}, got {str(value)[:80] if isinstance(value, str) else repr(value)[:80]}")
+    return value
+
+
+def check_position(meta, steps_per_epoch, batch_size, data, in_features, num_classes):
+    """``(epoch, step, history, partial)`` of a checkpoint's metadata, each field checked against
+    the run it would continue; ValueError naming the first field that is wrong.
+
+    ``epoch`` finished epochs, each with its ``history`` record; ``step`` in
+    ``[0, steps_per_epoch]``; ``partial`` (the stopped epoch's sums so far) present exactly when
+    ``step`` > 0 and consistent with it; ``data`` (when saved) this run's training data."""
+    epoch = _field("epoch", meta.get("epoch", 0), lambda v: _whole(v) and v >= 0, "a non-negative integer")
+    step = _field("step", meta.get("step", 0), lambda v: _whole(v) and 0 <= v <= steps_per_epoch,
+                  f"an integer in [0, {steps_per_epoch}] (the steps of an epoch)")
+    for name, here in (("in_features", in_features), ("num_classes", num_classes)):
+        if name in meta:
+            _field(name, meta[name], lambda v, here=here: _whole(v) and v == here, f"{here} (this run's)")
+    saved = meta.get("data")
+    if saved is not None:
+        if not (isinstance(saved, dict) and set(saved) == set(data) and all(_whole(v) for v in saved.values())):
+            raise ValueError(f"data must be a record of {', '.join(data)} (integers), got {str(saved)[:80]}")
+        if saved != data:
+            raise ValueError(f"data: the run was trained on {saved['train_samples']:,} examples"
+                             f"{'' if saved['train_samples'] != data['train_samples'] else ' with other labels'}; "
+                             f"this data set has {data['train_samples']:,}: resume with the same data (and --train-samples)")
+    history = meta.get("history", [])
+    if not isinstance(history, list) or len(history) != epoch:
+        raise ValueError(f"history must list the {epoch} finished epochs, got {str(history)[:80]}")
+    fields = [f.name for f in dataclasses.fields(EpochStats)]
+    stats = []
+    for i, h in enumerate(history):
+        if not isinstance(h, dict) or sorted(h) != sorted(fields):
+            raise ValueError(f"history[{i}] must be a record of {', '.join(fields)}, got {str(h)[:80]}")
+        _field(f"history[{i}].epoch", h["epoch"], lambda v, i=i: _whole(v) and v == i + 1, str(i + 1))
+        for name in fields[1:]:
+            _field(f"history[{i}].{name}", h[name], _real, "a finite number")
+        stats.append(EpochStats(**h))
+    partial = meta.get("partial")
+    if step == 0:
+        _field("partial", partial, lambda v: v is None, "null at the start of an epoch")
+        return epoch, step, stats, {"loss_sum": 0.0, "correct": 0, "seconds": 0.0, "seen": 0}
+    if not isinstance(partial, dict) or sorted(partial) != ["correct", "loss_sum", "seconds", "seen"]:
+        raise ValueError(f"partial must be a record of loss_sum, correct, seconds, seen after step {step}, "
+                         f"got {str(partial)[:80]}")
+    seen = _field("partial.seen", partial["seen"], lambda v: _whole(v) and v == min(step * batch_size, data["train_samples"]),
+                  f"{min(step * batch_size, data['train_samples'])} (the samples of {step} steps)")
+    _field("partial.correct", partial["correct"], lambda v: _whole(v) and 0 <= v <= seen, f"an integer in [0, {seen}]")
+    _field("partial.loss_sum", partial["loss_sum"], lambda v: _real(v) and v >= 0, "a finite number >= 0")
+    _field("partial.seconds", partial["seconds"], lambda v: _real(v) and v >= 0, "a finite number >= 0")
+    return epoch, step, stats, {"loss_sum": float(partial["loss_sum"]), "correct": int(partial["correct"]),
+                                "seconds": float(partial["seconds"]), "seen": int(seen)}
 
 
 def build_model(cfg: TrainConfig, in_features: int, num_classes: int, backend):
@@ -284,22 +369,19 @@ class Trainer:
         self.last_good = path
 
     def restore(self, path):
-        meta = checkpoint.restore(path, self.model, self.optimizer)
-        saved, here = meta.get("data"), self.data_identity()
-        if saved is not None and saved != here:
-            raise CheckpointError(
-                f"{path}: the run was trained on {saved['train_samples']:,} examples"
-                f"{'' if saved['train_samples'] != here['train_samples'] else ' with other labels'}; this data set "
-                f"has {here['train_samples']:,}: resume with the same data (and --train-samples)")
+        """Continue the run saved at ``path``: its weights, velocities and position, every field
+        checked first (a checkpoint is untrusted input: see :func:`check_position`)."""
+        meta = checkpoint.read_meta(path)
         try:
-            self.epoch, self.step = int(meta.get("epoch", 0)), int(meta.get("step", 0))
-            self.history = [EpochStats(**h) for h in meta.get("history", [])]
-            partial = meta.get("partial") or {}
-            self._loss_sum[...] = partial.get("loss_sum", 0.0)
-            self._correct[...] = partial.get("correct", 0)
-            self._epoch_progress = (float(partial.get("seconds", 0.0)), int(partial.get("seen", 0)))
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise CheckpointError(f"{path}: its training position is malformed ({exc})") from None
+            position = check_position(meta, self.steps_per_epoch, self.cfg.batch_size, self.data_identity(),
+                                      self.in_features, self.num_classes)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        meta = checkpoint.restore(path, self.model, self.optimizer)
+        self.epoch, self.step, self.history, partial = position
+        self._loss_sum[...] = partial["loss_sum"]
+        self._correct[...] = partial["correct"]
+        self._epoch_progress = (partial["seconds"], partial["seen"])
         self.last_good = path
         return meta
 

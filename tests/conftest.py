@@ -194,3 +194,19 @@ def within(seconds, call):
     if "error" in out:
         raise out["error"]
     return out["value"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Every skip's reason, one line per reason with its count (``-r`` lists one line per test
+    location: dozens of lines that pushed a failure's traceback out of CI's last screen)."""
+    from collections import Counter
+
+    reasons = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    if reasons:
+        terminalreporter.section("skipped, by reason", sep="-")
+        for reason, count in reasons.most_common():
+            terminalreporter.write_line(f"{count:5d}  {reason}")

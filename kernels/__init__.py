@@ -20,6 +20,8 @@ count_correct          argmax == label count
 gemm                   shared-memory tiled GEMM
 batch                  the training loop's state on the device: gather the batch, advance the step
 reduce                 block reductions and the final loss reduction shared by the row kernels
+
+simulator              (not a family) a lock that Numba's CUDA simulator lacks: see its docstring
 """
 
 #: Every family module, by name: what the cuda backend launches from and the PTX checks compile.

@@ -13,6 +13,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from . import simulator  # noqa: F401 - fixes the CUDA simulator's shared arrays when it is on
+
 MAX_THREADS_PER_BLOCK = 1024
 MAX_BLOCK_Z = 64
 MAX_GRID_X = 2**31 - 1

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.backend import get_backend
-from gpunn.backend.ops import ACTIVATIONS, _check_array_type
+from gpunn.backend.ops import ACTIVATIONS, COUNT, _check_array_type
 from gpunn.errors import GpunnError, ShapeError
 
 #: What the last layer of :func:`mlp` may be: a Dense activation, or a Softmax layer after it.
@@ -108,7 +108,7 @@ class Dense(Layer):
     def __init__(self, in_features, out_features, activation="identity", *, backend=None, rng=None):
         super().__init__(backend)
         for what, v in (("in_features", in_features), ("out_features", out_features)):
-            if not _positive_int(v):
+            if not COUNT.ok(v):
                 raise ValueError(f"Dense: {what} must be a positive integer, got {v!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"Dense: unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
@@ -172,7 +172,7 @@ class Activation(Layer):
 
     def __init__(self, width, *, backend=None):
         super().__init__(backend)
-        if not _positive_int(width):
+        if not COUNT.ok(width):
             raise ValueError(f"{type(self).__name__}: width must be a positive integer, got {width!r}")
         self.width = int(width)
 
@@ -359,10 +359,6 @@ def mlp(sizes, activation="relu", output_activation="identity", *, backend=None,
     return Sequential(layers)
 
 
-def _positive_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v > 0
-
-
 def config_shapes(config) -> list[tuple[int, ...]]:
     """The parameter shapes, layer by layer, of the model that ``config`` describes, found
     without building it; ValueError naming the layer and the field for anything else but a
@@ -379,7 +375,7 @@ def config_shapes(config) -> list[tuple[int, ...]]:
         if set(c) != {"type", *fields}:
             raise ValueError(f"layer {i}: a {kind} layer has the fields {', '.join(fields)}, not {sorted(set(c) - {'type'})}")
         for f in fields:
-            if f != "activation" and not _positive_int(c[f]):
+            if f != "activation" and not COUNT.ok(c[f]):
                 raise ValueError(f"layer {i}: {kind} {f} must be a positive integer, not {c[f]!r}")
         if kind == "Dense":
             if c["activation"] not in ACTIVATIONS:

@@ -32,7 +32,8 @@ import numpy as np
 
 from gpunn import checkpoint
 from gpunn.backend import get_backend
-from gpunn.backend.ops import ACTIVATIONS, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY
+from gpunn.backend.ops import (ACTIVATIONS, COUNT, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, is_finite_real,
+                               is_integer)
 from gpunn.data import batch_slices, epoch_permutation
 from gpunn.errors import CheckpointError, DataError, TrainingDiverged
 from gpunn.instrument import annotate_nvtx
@@ -88,41 +89,29 @@ class TrainConfig:
         return d
 
 
-def _count(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v > 0
-
-
 def _one_of(names):
     return lambda v: isinstance(v, str) and v in names
 
 
 #: (field, ok(value), what it must be): TrainConfig.validate's table, one row per field.
 _FIELD_RULES = (
-    ("hidden", lambda v: isinstance(v, tuple) and all(_count(h) for h in v), "a list of positive integers (hidden layer sizes)"),
+    ("hidden", lambda v: isinstance(v, tuple) and all(COUNT.ok(h) for h in v), "a list of positive integers (hidden layer sizes)"),
     ("activation", _one_of(ACTIVATIONS), f"one of {', '.join(ACTIVATIONS)} (unknown activation)"),
     ("loss", _one_of(LOSSES), f"one of {', '.join(LOSSES)} (unknown loss)"),
     ("output_activation", _one_of(OUTPUT_ACTIVATIONS), f"one of {', '.join(OUTPUT_ACTIVATIONS)} (unknown output activation)"),
-    ("epochs", _count, "a positive integer"),
-    ("batch_size", _count, "a positive integer (the batch size)"),
+    ("epochs", COUNT.ok, "a positive integer"),
+    ("batch_size", COUNT.ok, "a positive integer (the batch size)"),
     ("lr", LEARNING_RATE.ok, f"{LEARNING_RATE.what} (the learning rate)"),
     ("momentum", MOMENTUM.ok, MOMENTUM.what),
     ("nesterov", lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
     ("weight_decay", WEIGHT_DECAY.ok, WEIGHT_DECAY.what),
     ("lr_schedule", _one_of(Schedule.NAMES), f"one of {', '.join(Schedule.NAMES)} (unknown learning-rate schedule)"),
-    ("step_size", lambda v: v is None or _count(v), "a positive integer (epochs between decays) or null"),
+    ("step_size", lambda v: v is None or COUNT.ok(v), "a positive integer (epochs between decays) or null"),
     ("gamma", lambda v: LEARNING_RATE.ok(v), "a positive finite number (the step schedule's decay factor)"),
-    ("seed", lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and 0 <= v < 2**63,
+    ("seed", lambda v: is_integer(v) and 0 <= v < 2**63,
      "an integer in [0, 2^63)"),
-    ("eval_batch_size", _count, "a positive integer"),
+    ("eval_batch_size", COUNT.ok, "a positive integer"),
 )
-
-
-def _real(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
-
-
-def _whole(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
 def _field(name, value, ok, what):
@@ -138,15 +127,15 @@ def check_position(meta, steps_per_epoch, batch_size, data, in_features, num_cla
     ``epoch`` finished epochs, each with its ``history`` record; ``step`` in
     ``[0, steps_per_epoch]``; ``partial`` (the stopped epoch's sums so far) present exactly when
     ``step`` > 0 and consistent with it; ``data`` (when saved) this run's training data."""
-    epoch = _field("epoch", meta.get("epoch", 0), lambda v: _whole(v) and v >= 0, "a non-negative integer")
-    step = _field("step", meta.get("step", 0), lambda v: _whole(v) and 0 <= v <= steps_per_epoch,
+    epoch = _field("epoch", meta.get("epoch", 0), lambda v: is_integer(v) and v >= 0, "a non-negative integer")
+    step = _field("step", meta.get("step", 0), lambda v: is_integer(v) and 0 <= v <= steps_per_epoch,
                   f"an integer in [0, {steps_per_epoch}] (the steps of an epoch)")
     for name, here in (("in_features", in_features), ("num_classes", num_classes)):
         if name in meta:
-            _field(name, meta[name], lambda v, here=here: _whole(v) and v == here, f"{here} (this run's)")
+            _field(name, meta[name], lambda v, here=here: is_integer(v) and v == here, f"{here} (this run's)")
     saved = meta.get("data")
     if saved is not None:
-        if not (isinstance(saved, dict) and set(saved) == set(data) and all(_whole(v) for v in saved.values())):
+        if not (isinstance(saved, dict) and set(saved) == set(data) and all(is_integer(v) for v in saved.values())):
             raise ValueError(f"data must be a record of {', '.join(data)} (integers), got {str(saved)[:80]}")
         if saved != data:
             raise ValueError(f"data: the run was trained on {saved['train_samples']:,} examples"
@@ -160,9 +149,9 @@ def check_position(meta, steps_per_epoch, batch_size, data, in_features, num_cla
     for i, h in enumerate(history):
         if not isinstance(h, dict) or sorted(h) != sorted(fields):
             raise ValueError(f"history[{i}] must be a record of {', '.join(fields)}, got {str(h)[:80]}")
-        _field(f"history[{i}].epoch", h["epoch"], lambda v, i=i: _whole(v) and v == i + 1, str(i + 1))
+        _field(f"history[{i}].epoch", h["epoch"], lambda v, i=i: is_integer(v) and v == i + 1, str(i + 1))
         for name in fields[1:]:
-            _field(f"history[{i}].{name}", h[name], _real, "a finite number")
+            _field(f"history[{i}].{name}", h[name], is_finite_real, "a finite number")
         stats.append(EpochStats(**h))
     partial = meta.get("partial")
     if step == 0:
@@ -171,11 +160,11 @@ def check_position(meta, steps_per_epoch, batch_size, data, in_features, num_cla
     if not isinstance(partial, dict) or sorted(partial) != ["correct", "loss_sum", "seconds", "seen"]:
         raise ValueError(f"partial must be a record of loss_sum, correct, seconds, seen after step {step}, "
                          f"got {str(partial)[:80]}")
-    seen = _field("partial.seen", partial["seen"], lambda v: _whole(v) and v == min(step * batch_size, data["train_samples"]),
+    seen = _field("partial.seen", partial["seen"], lambda v: is_integer(v) and v == min(step * batch_size, data["train_samples"]),
                   f"{min(step * batch_size, data['train_samples'])} (the samples of {step} steps)")
-    _field("partial.correct", partial["correct"], lambda v: _whole(v) and 0 <= v <= seen, f"an integer in [0, {seen}]")
-    _field("partial.loss_sum", partial["loss_sum"], lambda v: _real(v) and v >= 0, "a finite number >= 0")
-    _field("partial.seconds", partial["seconds"], lambda v: _real(v) and v >= 0, "a finite number >= 0")
+    _field("partial.correct", partial["correct"], lambda v: is_integer(v) and 0 <= v <= seen, f"an integer in [0, {seen}]")
+    _field("partial.loss_sum", partial["loss_sum"], lambda v: is_finite_real(v) and v >= 0, "a finite number >= 0")
+    _field("partial.seconds", partial["seconds"], lambda v: is_finite_real(v) and v >= 0, "a finite number >= 0")
     return epoch, step, stats, {"loss_sum": float(partial["loss_sum"]), "correct": int(partial["correct"]),
                                 "seconds": float(partial["seconds"]), "seen": int(seen)}
 

@@ -213,6 +213,16 @@ def _real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
+def is_integer(v) -> bool:
+    """An integer (NumPy's included), not a bool: what a size, a count or a step must be."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def is_finite_real(v) -> bool:
+    """A finite real number (NumPy's scalars included), not a bool, a string or an array."""
+    return _real(v) and math.isfinite(v)
+
+
 class ScalarRule(NamedTuple):
     """What one scalar argument may be: ``ok(value)``, and the same in words (for messages)."""
 
@@ -224,6 +234,10 @@ class ScalarRule(NamedTuple):
         if not self.ok(value):
             raise ValueError(f"{where}: {name} must be {self.what}, got {value!r}")
         return float(value)
+
+
+#: a size: layer widths, epochs, batch sizes
+COUNT = ScalarRule("a positive integer", lambda v: is_integer(v) and v > 0)
 
 
 def _f32(v) -> float:

@@ -14,7 +14,7 @@ When the interpreter switches threads between the lookup and the store, the bloc
 get different arrays: a thread's writes never reach the others, a reduction reads stale or
 uninitialised memory, and a result is wrong only now and then, more often on a loaded
 machine (where ``tests/test_end_to_end.py`` failed under load averages of 15-40). With
-``sys.setswitchinterval(1e-6)``, 2 to 5 launches in 100 of a 64-thread block sum went wrong
+``sys.setswitchinterval(1e-6)``, 2 in 100 launches of a 64-thread block sum went wrong
 (``tests/kernels/test_simulated.py``).
 
 :func:`apply` serialises the allocation with one lock, so each launch makes each array once.

@@ -182,7 +182,7 @@ def _two_shared_sums(x, out):
 def test_a_blocks_threads_share_its_shared_arrays_however_threads_switch():
     """The root of a failure seen only on loaded machines (the simulator's shared arrays, made
     without a lock: see kernels/simulator.py). A thread switch at almost every bytecode makes
-    the race likely in every launch: before the fix, 2 to 5 launches in 100 summed wrong."""
+    the race likely in every launch: before the fix, about 2 launches in 100 summed wrong."""
     import sys
 
     from gpunn.kernels import launch  # noqa: F401 - applies the fix, as every kernel family does

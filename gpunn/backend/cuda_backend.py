@@ -284,19 +284,21 @@ class CudaBackend(Backend):
             run = functools.partial(hook, launch, run)
         run()
 
-    def _queue(self, key, arrays, plan):
+    def _queue(self, op, args, plan):
         """Queue the kernels of one op call; ``plan()`` lists them as ``(name, kernel, grid, block, args)``.
 
-        On a GPU, with no launch hooks, the launches are bound once for ``key`` (the op and
-        its other arguments) and the arrays' addresses and shapes, which fix every launch
-        parameter, and replayed from then on: an eager op costs one dictionary lookup and one
-        ``cuLaunchKernel`` per kernel, not the launch arithmetic, views and flattening again.
-        The simulator and the hooks (a profiler) go through :meth:`_launch` every time."""
+        On a GPU, with no launch hooks, the launches are bound once per :func:`call_key` of the
+        op and *all* its arguments (arrays by address and shape, which fix every launch
+        parameter; everything else by value) and replayed from then on: an eager op costs one
+        dictionary lookup and one ``cuLaunchKernel`` per kernel, not the launch arithmetic,
+        views and flattening again. The key is derived from the call, never written per op, so
+        no argument can be left out of it. The simulator and the hooks (a profiler) go through
+        :meth:`_launch` every time."""
         if self.simulated or self.launch_hooks:
-            for name, kernel, grid, block, args in plan():
-                self._launch(name, kernel, grid, block, *args)
+            for name, kernel, grid, block, launch_args in plan():
+                self._launch(name, kernel, grid, block, *launch_args)
             return
-        key = (key, *[(a.data.ptr, a.shape) if a is not None else None for a in arrays])
+        key = call_key(op, args)
         bound = self._bound.get(key)
         if bound is None:
             if len(self._bound) >= MAX_BOUND:
@@ -328,19 +330,19 @@ class CudaBackend(Backend):
         if self.gemm_impl == "cublas":
             self._blas_gemm(a, b, out, trans_a, trans_b, accumulate)
             return
-        self._queue(("gemm", trans_a, trans_b, accumulate), (a, b, out), lambda: [(
+        self._queue("gemm", (a, b, out, trans_a, trans_b, accumulate), lambda: [(
             "gemm", gemm.gemm_kernel, *gemm.launch_config(out.shape[0], out.shape[1], self.max_blocks),
             (a, b, out, i32(trans_a), i32(trans_b), i32(accumulate)))])
 
     def _bias_act(self, x, bias, act, out):
-        self._queue(("bias_act", act), (x, bias, out), lambda: [(
+        self._queue("bias_act", (x, bias, act, out), lambda: [(
             "bias_act", bias_act.bias_act_kernel,
             *bias_act.launch_config(*x.shape, self.elementwise_threads, self.max_blocks),
             (x.reshape(-1), self._dummy if bias is None else bias, out.reshape(-1), i32(bias_act.ACT_CODES[act]),
              i32(bias is not None)))])
 
     def _act_backward(self, y, dy, act, out):
-        self._queue(("act_backward", act), (y, dy, out), lambda: [(
+        self._queue("act_backward", (y, dy, act, out), lambda: [(
             "act_backward", act_backward.act_backward_kernel,
             *act_backward.launch_config(*y.shape, self.elementwise_threads, self.max_blocks),
             (y.reshape(-1), dy.reshape(-1), out.reshape(-1), i32(bias_act.ACT_CODES[act])))])
@@ -350,7 +352,7 @@ class CudaBackend(Backend):
             ("bias_grad_partial", bias_grad.bias_grad_partial_kernel, (dy,)), dy, out))
 
     def _act_bias_backward(self, y, dy, act, dz, db):
-        self._queue(("act_bias_backward", act), (y, dy, dz, db), lambda: self._bias_grad_launches(
+        self._queue("act_bias_backward", (y, dy, act, dz, db), lambda: self._bias_grad_launches(
             ("act_bias_grad_partial", bias_grad.act_bias_grad_partial_kernel,
              (y, dy, i32(bias_act.ACT_CODES[act]), dz)), dz, db))
 
@@ -373,7 +375,7 @@ class CudaBackend(Backend):
                      (logits, labels, grad, row_loss, f32(1.0 / n))),
                     self._finish_loss(row_loss, loss, n, accumulate)]
 
-        self._queue(("softmax_cross_entropy", accumulate), (logits, labels, grad, loss), plan)
+        self._queue("softmax_cross_entropy", (logits, labels, grad, loss, accumulate), plan)
 
     def _mse(self, y, labels, grad, loss, accumulate):
         def plan():
@@ -383,13 +385,12 @@ class CudaBackend(Backend):
                      (y, labels, grad, row_sq, f32(1.0 / n))),
                     self._finish_loss(row_sq, loss, 2 * n, accumulate)]
 
-        self._queue(("mse", accumulate), (y, labels, grad, loss), plan)
+        self._queue("mse", (y, labels, grad, loss, accumulate), plan)
 
     def _sgd_update(self, param, grad, velocity, lr, momentum, weight_decay, nesterov):
         on_device = hasattr(lr, "shape")  # a device scalar the kernel reads, or a number fixed now
         v = velocity.reshape(-1) if momentum else self._dummy
-        self._queue(("sgd_update", None if on_device else lr, momentum, weight_decay, nesterov),
-                    (param, grad, velocity if momentum else None, lr if on_device else None), lambda: [(
+        self._queue("sgd_update", (param, grad, velocity, lr, momentum, weight_decay, nesterov), lambda: [(
                         "sgd_update", sgd.sgd_kernel,
                         *sgd.launch_config(param.size, self.elementwise_threads, self.max_blocks),
                         (param.reshape(-1), grad.reshape(-1), v, f32(0.0 if on_device else lr),
@@ -407,8 +408,19 @@ class CudaBackend(Backend):
             (x, labels, order, cursor, xb, yb))])
 
     def _advance_step(self, cursor, stride, lr_table, lr):
-        self._queue(("advance_step", stride), (cursor, lr_table, lr), lambda: [(
+        self._queue("advance_step", (cursor, stride, lr_table, lr), lambda: [(
             "advance_step", batch.advance_step_kernel, *batch.advance_config(), (cursor, i32(stride), lr_table, lr))])
+
+
+def call_key(op, args) -> tuple:
+    """What identifies one op call's launches: the op and each argument, an array by its
+    address, shape and strides (a device scalar such as the rate the kernel reads included),
+    anything else (a flag, a scalar, None) by value."""
+    def part(v):
+        ptr = getattr(getattr(v, "data", None), "ptr", None)
+        return ("array", ptr, v.shape, v.strides) if ptr is not None else v
+
+    return (op, *map(part, args))
 
 
 class Graph:

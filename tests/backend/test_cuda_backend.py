@@ -72,3 +72,43 @@ def test_without_the_simulator_cuda_needs_a_real_gpu():
         assert result["error"] == BackendUnavailable.__name__
         assert result["message"].startswith("the cuda backend needs an NVIDIA GPU")
         assert result["reason"] in result["message"] and "\n" not in result["message"]
+
+
+# ---------------------------------------------------------------------------- the bound-launch cache's key
+class _DeviceArray:
+    def __init__(self, ptr, shape=(4, 3)):
+        self.data = type("Memory", (), {"ptr": ptr})()
+        self.shape, self.strides = shape, (12, 4)
+
+
+def test_the_launch_key_holds_every_argument_of_the_call():
+    from gpunn.backend.cuda_backend import call_key
+
+    x, y = _DeviceArray(0x1000), _DeviceArray(0x2000)
+    base = call_key("sgd_update", (x, y, None, 0.1, 0.9, 0.0, True))
+    assert call_key("sgd_update", (x, y, None, 0.1, 0.9, 0.0, True)) == base
+    for changed in [(y, y, None, 0.1, 0.9, 0.0, True), (x, y, x, 0.1, 0.9, 0.0, True),
+                    (x, y, None, 0.2, 0.9, 0.0, True), (x, y, None, 0.1, 0.8, 0.0, True),
+                    (x, y, None, 0.1, 0.9, 1e-4, True), (x, y, None, 0.1, 0.9, 0.0, False),
+                    (_DeviceArray(0x1000, (3, 4)), y, None, 0.1, 0.9, 0.0, True)]:
+        assert call_key("sgd_update", changed) != base, changed
+
+
+def test_every_op_queues_with_all_of_its_arguments():
+    """The key is derived from what ``_queue`` is given: each op method must hand it every one of its
+    parameters (a scalar left out would replay a launch bound for another value, silently)."""
+    import ast
+    import inspect
+
+    from gpunn.backend import cuda_backend
+
+    tree = ast.parse(inspect.getsource(cuda_backend.CudaBackend))
+    checked = 0
+    for method in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        params = [a.arg for a in method.args.args[1:]]
+        for call in (n for n in ast.walk(method) if isinstance(n, ast.Call)):
+            if isinstance(call.func, ast.Attribute) and call.func.attr == "_queue" and method.name != "_queue":
+                given = [e.id for e in call.args[1].elts]
+                assert given == params, f"{method.name} queues {given}, its parameters are {params}"
+                checked += 1
+    assert checked >= 13  # every op but the cuBLAS GEMM queues kernels

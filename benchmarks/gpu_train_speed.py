@@ -242,7 +242,7 @@ class GpunnRun:
         stats = t.run_epoch()   # .seconds: the training loop only, synchronised before and after
         self.test_accuracy = stats.test_accuracy
         if "cuda_graphs" not in self.info:
-            self.info["cuda_graphs"] = bool(t.metrics(0)["cuda_graphs"])
+            self.info["cuda_graphs"] = t.graphs_used
             if not self.info["cuda_graphs"]:
                 self.info["graphs_note"] = t.graphs_note
                 say(f"  [{self.name}] trained without CUDA graphs: {t.graphs_note}")

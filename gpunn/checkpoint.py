@@ -1,7 +1,8 @@
 """Checkpoints: weights, optimizer state and training position in a pickle-free ``.npz``.
 
 Layout: ``format`` (a string), ``meta`` (JSON: model config, training options,
-epoch/step position), ``param/<i>`` and ``velocity/<i>`` arrays.  Written by
+epoch/step position), ``param/<i>`` arrays and the optimizer's state as ``<name>/<i>`` arrays
+(``optimizer.state()``: SGD's momentum is ``velocity/<i>``).  Written by
 :func:`gpunn.output.atomic_write`: to a temporary file in the same folder, flushed,
 fsynced and renamed over the target, so a crash mid-write leaves the previous checkpoint
 intact (a symlink is written through, a FIFO or device written into).
@@ -38,7 +39,7 @@ _MEMBER_KINDS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
 
 
 def save(path, model, optimizer=None, meta=None):
-    """Write ``model``'s weights (and ``optimizer``'s velocities) with ``meta`` to ``path``."""
+    """Write ``model``'s weights (and ``optimizer``'s state: ``optimizer.state()``) with ``meta`` to ``path``."""
     be = model.backend
     arrays = {"format": np.array(FORMAT)}
     info = {"model": model.config(), **(meta or {})}
@@ -46,9 +47,10 @@ def save(path, model, optimizer=None, meta=None):
     for i, p in enumerate(model.params):
         arrays[f"param/{i}"] = be.to_numpy(p)
     if optimizer is not None:
-        for i, v in enumerate(optimizer.velocities):
-            if v is not None:
-                arrays[f"velocity/{i}"] = be.to_numpy(v)
+        for name, state in optimizer.state().items():
+            for i, v in enumerate(state):
+                if v is not None:
+                    arrays[f"{name}/{i}"] = be.to_numpy(v)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -204,9 +206,10 @@ def read_meta(path) -> dict:
 
 
 def load(path):
-    """Read a checkpoint: ``(meta, params, velocities)`` as host arrays, each array checked
-    against the shapes its model configuration gives before it is read; CheckpointError if bad.
-    A velocity absent from the file is None."""
+    """Read a checkpoint: ``(meta, params, state)`` as host arrays, each checked against the
+    shapes its model configuration gives before it is read; CheckpointError if bad. ``state``
+    is the optimizer's, by name (``{"velocity": [array or None, ...]}`` for SGD with momentum):
+    every ``<name>/<i>`` entry, None where the file has none for parameter ``i``."""
     from gpunn.layers import config_shapes
 
     with Checkpoint(path) as ck:
@@ -215,11 +218,13 @@ def load(path):
         except ValueError as exc:
             raise CheckpointError(f"{path}: model: {exc}") from None
         _check_names(ck, "param/", len(shapes), required=True)
-        _check_names(ck, "velocity/", len(shapes), required=False)
         params = [ck.array(f"param/{i}", s) for i, s in enumerate(shapes)]
-        velocities = [ck.array(f"velocity/{i}", s) if f"velocity/{i}" in ck.names("velocity/") else None
-                      for i, s in enumerate(shapes)]
-    return ck.meta, params, velocities
+        state = {}
+        for name in sorted({k.split("/")[0] for k in ck.names("") if "/" in k} - {"param"}):
+            _check_names(ck, f"{name}/", len(shapes), required=False)
+            have = ck.names(f"{name}/")
+            state[name] = [ck.array(f"{name}/{i}", s) if f"{name}/{i}" in have else None for i, s in enumerate(shapes)]
+    return ck.meta, params, state
 
 
 def _check_names(ck, prefix, n, required):
@@ -254,8 +259,8 @@ def check_architecture(path, saved, model_config):
 def restore(path, model, optimizer=None):
     """Load a checkpoint into an existing model (and optimizer); returns its meta.
 
-    With an optimizer that keeps velocities, each must be in the file: a resume without
-    them would not continue the run it claims to."""
+    Every array of the optimizer's state (``optimizer.state()``) must be in the file: a resume
+    without its momentum would not continue the run it claims to."""
     with Checkpoint(path) as ck:
         saved = ck.meta["model"]
         if not isinstance(saved, list) or not all(isinstance(c, dict) for c in saved):
@@ -263,19 +268,19 @@ def restore(path, model, optimizer=None):
         check_architecture(path, saved, model.config())
         be = model.backend
         _check_names(ck, "param/", len(model.params), required=True)
-        _check_names(ck, "velocity/", len(model.params), required=False)
         arrays = [ck.array(f"param/{i}", dst.shape) for i, dst in enumerate(model.params)]
-        velocities = []
-        if optimizer is not None:
-            for i, dst in enumerate(optimizer.velocities):
+        states = []
+        for name, state in (optimizer.state() if optimizer is not None else {}).items():
+            _check_names(ck, f"{name}/", len(model.params), required=False)
+            for i, dst in enumerate(state):
                 if dst is None:
                     continue
-                if f"velocity/{i}" not in ck.names("velocity/"):
-                    raise CheckpointError(f"{path}: velocity/{i} is missing: the optimizer keeps momentum, and "
-                                          f"this checkpoint holds none for parameter {i}")
-                velocities.append((dst, ck.array(f"velocity/{i}", dst.shape)))
+                if f"{name}/{i}" not in ck.names(f"{name}/"):
+                    raise CheckpointError(f"{path}: {name}/{i} is missing: the optimizer keeps {name} for "
+                                          f"parameter {i}, and this checkpoint holds none")
+                states.append((dst, ck.array(f"{name}/{i}", dst.shape)))
         for dst, src in zip(model.params, arrays):  # only once every array is read and checked
             dst[...] = be.asarray(src)
-        for dst, src in velocities:
+        for dst, src in states:
             dst[...] = be.asarray(src)
         return ck.meta

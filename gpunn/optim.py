@@ -62,9 +62,11 @@ class SGD:
         for p, g, v in self._steps:
             update(p, g, v, lr, self.momentum, self.weight_decay, self.nesterov)
 
-    def state(self):
-        """Arrays to checkpoint (the velocities)."""
-        return [v for v in self.velocities if v is not None]
+    def state(self) -> dict:
+        """The optimizer's state to checkpoint, by name: one array per parameter (None where that
+        parameter keeps none), saved as ``<name>/<i>`` (:mod:`gpunn.checkpoint`). SGD keeps its
+        momentum as ``velocity``; an optimizer with more state names each part."""
+        return {"velocity": self.velocities}
 
 
 class Schedule:

@@ -155,9 +155,9 @@ def time_graph_step(trainer, reps: int):
     """``(seconds per step, None)`` of the trainer's step captured as one CUDA graph and replayed
     ``reps`` times back to back (as training replays it), or ``(None, why not)``."""
     be = trainer.backend
-    be.upload(np.array([trainer.cfg.lr], dtype=be.dtype), trainer._lr)  # the graph reads its rate on the device
+    be.upload(np.array([trainer.cfg.lr], dtype=be.dtype), trainer.device_rate)  # the graph reads its rate on the device
     try:
-        graph = be.capture(lambda: trainer.train_step(trainer.train_x, trainer.train_y, trainer._lr))
+        graph = be.capture(lambda: trainer.train_step(trainer.train_x, trainer.train_y, trainer.device_rate))
     except Exception as exc:  # no graphs on this backend, or a refused capture
         return None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     for _ in range(3):

@@ -399,8 +399,7 @@ class Trainer:
         n = self.train_x.shape[0]
         slices = list(batch_slices(n, cfg.batch_size))
         # the epoch's order, its rates, the cursor and the first step's rate, into device memory
-        first = self.epoch * self.steps_per_epoch
-        rates = np.array([self.schedule(first + s) for s in range(self.steps_per_epoch + 1)], dtype=be.dtype)
+        rates = np.array([self.schedule(self.global_step(s)) for s in range(self.steps_per_epoch + 1)], dtype=be.dtype)
         be.upload(epoch_permutation(n, cfg.seed, self.epoch).astype(np.int32), self._order)
         be.upload(rates, self._lr_table)
         be.upload(np.array([self.step * cfg.batch_size, self.step], np.int32), self._cursor)
@@ -434,7 +433,7 @@ class Trainer:
                     seen += m
                     if self.step % check_every == 0 or self.step == len(slices):
                         loss_sum = float(be.to_numpy(self._loss_sum)[0])
-                        self._check_finite(loss_sum, self.schedule(first + self.step - 1))  # this step's rate
+                        self._check_finite(loss_sum, self.last_rate())
                         if self.progress:
                             correct = int(be.to_numpy(self._correct)[0])
                             bar.set_postfix(loss=f"{loss_sum / self.step:.4f}",
@@ -451,7 +450,7 @@ class Trainer:
                 raise
             finally:
                 bar.close()
-        lr = self.schedule(first + self.step - 1)  # the rate of the epoch's last step (the device read it from rates)
+        lr = self.last_rate()  # the epoch's last step's (the device read it from the table)
         loss = float(be.to_numpy(self._loss_sum)[0]) / len(slices)
         train_acc = int(be.to_numpy(self._correct)[0]) / n
         test_acc = evaluate(self.model, self.test_x, self.test_y, cfg.eval_batch_size)
@@ -487,8 +486,7 @@ class Trainer:
                     if self.save_path:
                         # never replace the last good checkpoint with diverged weights (a GPU
                         # checks the loss only every 50 steps)
-                        lr = self.schedule(self.epoch * self.steps_per_epoch + self.step)
-                        self._check_finite(float(self.backend.to_numpy(self._loss_sum)[0]), lr)
+                        self._check_finite(float(self.backend.to_numpy(self._loss_sum)[0]), self.last_rate())
                         self.save(self.save_path)
                     raise Interrupted(self.epoch, self.step, self.save_path, signum) from None
                 self.log(stats.line(self.cfg.epochs))
@@ -506,6 +504,25 @@ class Trainer:
         # step): the weights are never saved half-updated
         self._stop_requested, self._stop_signal = True, signal.Signals(signum)
 
+    def global_step(self, step: int) -> int:
+        """The run-wide index (0-based) of step ``step`` of the current epoch: what the schedule reads."""
+        return self.epoch * self.steps_per_epoch + step
+
+    def last_rate(self) -> float:
+        """The learning rate of the last step done (the first step's before any)."""
+        return self.schedule(self.global_step(max(self.step - 1, 0)))
+
+    @property
+    def device_rate(self):
+        """The one-element device array a step reads its learning rate from (so a captured step
+        replays with the rate of the moment)."""
+        return self._lr
+
+    @property
+    def graphs_used(self) -> bool:
+        """Whether steps have run as CUDA graphs (see ``graphs_note`` for why not)."""
+        return bool(self._graphs)
+
     def trained_seconds(self):
         """Seconds of training (evaluation excluded) in the epochs done so far, a stopped one's included."""
         return sum(h.seconds for h in self.history) + (self._epoch_progress[0] if self.step else 0.0)
@@ -515,7 +532,7 @@ class Trainer:
             "test_accuracy": self.history[-1].test_accuracy if self.history else None,
             "backend": self.backend.name,
             "device": self.backend.describe(),
-            "cuda_graphs": bool(self._graphs),
+            "cuda_graphs": self.graphs_used,
             "cuda_graphs_note": self.graphs_note,
             "first_step_unix_time": self.first_step_time,
             "train_seconds": train_seconds,

@@ -250,3 +250,23 @@ def test_ctrl_c_after_a_divergence_keeps_the_good_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match="epoch 2, step 6 of 19"):
         t.fit()
     assert all(np.array_equal(a, b) for a, b in zip(good, checkpoint.load(path)[1]))
+
+
+def test_a_divergence_found_at_ctrl_c_names_the_rate_of_the_last_step_done(tmp_path):
+    """The stop path once named the next step's rate (``+step`` where the loop used ``+step-1``);
+    one global-step function now serves the rate table, the checks and the stop."""
+    t = make({"epochs": 2, "lr_schedule": "cosine", "lr": 0.5}, save_path=tmp_path / "ck.npz")
+    real_step, calls = t.train_step, []
+
+    def step_then_diverge(*a):
+        real_step(*a)
+        calls.append(1)
+        if len(calls) == 25:  # epoch 2, step 6: the loss overflows, then Ctrl-C arrives
+            t._loss_sum[...] = np.inf
+            t._stop_requested = True
+    t.train_step = step_then_diverge
+    with pytest.raises(TrainingDiverged) as info:
+        t.fit()
+    assert (t.epoch, t.step) == (1, 6) and t.global_step(5) == 24
+    assert f"({t.schedule(24):.4g})" in str(info.value) and t.schedule(24) != t.schedule(25)
+    assert checkpoint.load(tmp_path / "ck.npz")[0]["epoch"] == 1  # the last good one, not the diverged weights

@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.backend import get_backend
-from gpunn.backend.ops import ACTIVATIONS, COUNT, _check_array_type
+from gpunn.backend.ops import ACTIVATIONS
+from gpunn.checks import COUNT, array, array_type
 from gpunn.errors import GpunnError, ShapeError
 
 #: What the last layer of :func:`mlp` may be: a Dense activation, or a Softmax layer after it.
@@ -59,23 +60,20 @@ class Layer:
         return buf[:n]
 
     def _check_input(self, x, width):
-        _check_array_type(f"{self}", "the input", x, self.backend)
+        array_type(f"{self}", "the input", x, self.backend)
         if getattr(x, "ndim", None) != 2:
             raise ShapeError(f"{self}: expected input of shape (batch, {width}), got {getattr(x, 'shape', type(x).__name__)}")
         if x.shape[1] != width:
             raise ShapeError(f"{self}: expected input of shape (batch, {width}), got {tuple(x.shape)}")
         if x.shape[0] == 0:
             raise ShapeError(f"{self}: empty batch (0 rows)")
-        if x.dtype != self.backend.dtype:
-            raise ShapeError(f"{self}: expected {self.backend.dtype} input, got {x.dtype}")
-        if not x.flags.c_contiguous:
-            raise ShapeError(f"{self}: input must be C-contiguous")
+        array(f"{self}", "input", x, dtype=self.backend.dtype)  # the dtype and C-contiguity
 
     def _check_grad(self, dy, width):
         """dy must match the output of the last forward: (N, width), the dtype, C-contiguous."""
         if self._y is None:
             raise GpunnError(f"{self}: backward() called before forward(): there is no output to differentiate")
-        _check_array_type(f"{self}", "the gradient", dy, self.backend)
+        array_type(f"{self}", "the gradient", dy, self.backend)
         n = self._y.shape[0]
         if getattr(dy, "shape", None) != (n, width) or dy.dtype != self.backend.dtype or not dy.flags.c_contiguous:
             raise ShapeError(f"{self}: the gradient must be a C-contiguous {self.backend.dtype} array of shape "

@@ -5,9 +5,8 @@ accumulates over an epoch), so nothing comes back to the host until it is report
 """
 from __future__ import annotations
 
-import numpy as np
 
-from gpunn.backend.ops import _check, _check_labels
+from gpunn import checks
 from gpunn.errors import ShapeError
 
 
@@ -29,19 +28,11 @@ class Loss:
 
     def __call__(self, out, labels, loss, accumulate=False):
         """Loss of ``out`` (N, C) against int32 ``labels`` (N,) into ``loss[0]``; returns d loss / d out."""
-        if out.ndim != 2 or labels.shape != (out.shape[0],):
-            raise ShapeError(f"{self!r}: output {tuple(out.shape)} and labels {tuple(labels.shape)} do not match (want (N, C) and (N,))")
-        if labels.dtype != np.int32:
-            raise ShapeError(f"{self!r}: labels must be int32 class indices, got {labels.dtype}")
+        be = self.backend
+        checks.loss_args(f"{self!r}", out, labels, loss, be, check_labels=self.check_labels)
         n = out.shape[0]
         if n == 0:
             raise ShapeError(f"{self!r}: empty batch (0 rows)")
-        be = self.backend
-        _check(self._op, "output", out, dtype=be.dtype)
-        _check(self._op, "labels", labels, dtype=labels.dtype)
-        _check(self._op, "loss", loss, shape=(1,), dtype=be.dtype)
-        if self.check_labels:
-            _check_labels(f"{self!r}", labels, out.shape[1], be)
         if self._grad is None or self._grad.shape[0] < n or self._grad.shape[1] != out.shape[1]:
             self._grad = be.empty(out.shape)
         grad = self._grad[:n]

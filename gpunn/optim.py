@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 
-from gpunn.backend.ops import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, _check, _check_rate
+from gpunn.checks import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, array, rate
 
 
 def valid_learning_rate(lr) -> bool:
     """Whether ``lr`` can be a learning rate: a number above 0, finite in float32 (the trainer's
     options, :class:`SGD` and the command line's ``--lr`` all ask this; the rule itself is
-    :data:`gpunn.backend.ops.LEARNING_RATE`, which the ``sgd_update`` op checks too)."""
+    :data:`gpunn.checks.LEARNING_RATE`, which the ``sgd_update`` op checks too)."""
     return LEARNING_RATE.ok(lr)
 
 
@@ -36,8 +36,8 @@ class SGD:
         if len(self.params) != len(self.grads):
             raise ValueError(f"SGD: {len(self.params)} parameters but {len(self.grads)} gradients")
         for i, (p, g) in enumerate(zip(self.params, self.grads)):
-            _check("sgd_update", f"param {i}", p, dtype=backend.dtype, backend=backend)
-            _check("sgd_update", f"grad {i}", g, shape=p.shape, dtype=backend.dtype, backend=backend)
+            array("sgd_update", f"param {i}", p, dtype=backend.dtype, backend=backend)
+            array("sgd_update", f"grad {i}", g, shape=p.shape, dtype=backend.dtype, backend=backend)
         flat_p, flat_g = getattr(params, "flat", None), getattr(grads, "flat", None)
         if flat_p is not None and flat_g is not None and flat_p.shape == flat_g.shape and params.offsets == grads.offsets:
             # one op over the flat arrays; the velocities are views into one flat array too
@@ -56,7 +56,7 @@ class SGD:
         which the update reads when it runs (a step captured as a CUDA graph needs that).
         A number is checked like the constructor's (above 0, finite in float32); of an array
         only the shape and dtype are: its value is on the device."""
-        lr = self.lr if lr is None else _check_rate("SGD.step", self.backend, lr)
+        lr = self.lr if lr is None else rate("SGD.step", self.backend, lr)
         self.backend.join()  # every gradient a branch computed is complete (see Backend.branch)
         update = self.backend.unchecked.sgd_update
         for p, g, v in self._steps:

@@ -15,7 +15,8 @@ import os
 import sys
 
 from gpunn.backend.cublas import GEMM_IMPLEMENTATIONS
-from gpunn.backend.ops import ACTIVATIONS, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY
+from gpunn.backend.ops import ACTIVATIONS
+from gpunn.checks import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY
 from gpunn.errors import GpunnError
 from gpunn.losses import LOSSES
 from gpunn.optim import Schedule

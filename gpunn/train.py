@@ -32,8 +32,8 @@ import numpy as np
 
 from gpunn import checkpoint
 from gpunn.backend import get_backend
-from gpunn.backend.ops import (ACTIVATIONS, COUNT, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, is_finite_real,
-                               is_integer)
+from gpunn.backend.ops import ACTIVATIONS
+from gpunn.checks import COUNT, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, is_finite_real, is_integer
 from gpunn.data import batch_slices, epoch_permutation
 from gpunn.errors import CheckpointError, DataError, TrainingDiverged
 from gpunn.instrument import annotate_nvtx
@@ -178,15 +178,15 @@ def evaluate(model, x, y, batch_size=1000):
     """Accuracy (0..1) of ``model`` on device arrays x (N, D), int32 y (N,), in large batches.
 
     An empty x is refused: the accuracy of no rows is undefined."""
-    from gpunn.backend.ops import _check, _check_labels, int32
+    from gpunn.checks import array, int32, labels_in_range
     from gpunn.errors import ShapeError
 
     be = model.backend
-    _check("evaluate", "x", x, ndim=2, dtype=be.dtype, backend=be)
+    array("evaluate", "x", x, ndim=2, dtype=be.dtype, backend=be)
     if x.shape[0] == 0:
         raise ShapeError("evaluate: x has no rows (an accuracy needs at least one example)")
-    _check("evaluate", "y", y, shape=(x.shape[0],), dtype=int32, backend=be)
-    _check_labels("evaluate", y, model.out_features, be)  # once here, not per batch (a GPU synchronisation)
+    array("evaluate", "y", y, shape=(x.shape[0],), dtype=int32, backend=be)
+    labels_in_range("evaluate", y, model.out_features, be)  # once here, not per batch (a GPU synchronisation)
     correct = be.zeros((1,), np.int32)
     for start, stop in batch_slices(x.shape[0], batch_size):
         be.unchecked.count_correct(model.forward(x[start:stop]), y[start:stop], correct)

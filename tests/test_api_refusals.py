@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from gpunn.backend.ops import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY
+from gpunn.checks import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY
 from gpunn.errors import GpunnError, ShapeError
 from gpunn.layers import Dense, ReLU, Sequential, mlp
 from gpunn.optim import SGD, valid_learning_rate

@@ -21,7 +21,8 @@ import contextlib
 
 import numpy as np
 
-from gpunn.backend.ops import OPS, float32
+from gpunn.backend.ops import OPS
+from gpunn.checks import float32
 from gpunn.errors import GraphUnavailable
 
 _IN_ORDER = contextlib.nullcontext()  # Backend.branch() where nothing overlaps

@@ -26,13 +26,12 @@ Conventions
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import numpy as np
 
+from gpunn.checks import MOMENTUM, WEIGHT_DECAY, array, int32, labels_in_range, loss_args, rate
 from gpunn.errors import ShapeError
 
 ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
@@ -143,128 +142,11 @@ def advance_step_cost() -> Cost:
 
 
 # ---------------------------------------------------------------------------- argument checks
-
-float32 = np.dtype(np.float32)
-int32 = np.dtype(np.int32)
-
-
-def _check(op, name, a, shape=None, dtype=float32, ndim=None, backend=None):
-    """Raise ShapeError naming the op and argument when ``a`` is not as expected.
-
-    With ``backend``, ``a`` must also be that backend's array type (``backend.xp.ndarray``):
-    a NumPy array handed to the cuda backend on a GPU would pass every other check and fail
-    later, deep in a launch, with a message about pointers."""
-    dtype = float32 if dtype is None else np.dtype(dtype)
-    if backend is not None:
-        _check_array_type(op, name, a, backend)
-    if getattr(a, "dtype", None) != dtype:
-        raise ShapeError(f"{op}: {name} must be {dtype}, got {getattr(a, 'dtype', type(a).__name__)}")
-    if ndim is not None and a.ndim != ndim:
-        raise ShapeError(f"{op}: {name} must be {ndim}-D, got shape {tuple(a.shape)}")
-    if shape is not None and tuple(a.shape) != tuple(shape):
-        raise ShapeError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
-    if not a.flags.c_contiguous:
-        raise ShapeError(f"{op}: {name} must be C-contiguous")
-
-
-def _check_array_type(op, name, a, backend):
-    """Raise ShapeError unless ``a`` is an array of ``backend``'s own kind (``backend.xp.ndarray``:
-    a CuPy array on a GPU; a NumPy array on the CPU and in the simulator, whose device memory
-    is NumPy's)."""
-    xp = backend.xp
-    if not isinstance(a, xp.ndarray):
-        kind = "a device (CuPy) array" if xp.__name__ == "cupy" else f"a {xp.__name__}.ndarray"
-        raise ShapeError(f"{op}: {name} must be {kind} on the {backend.name} backend, got "
-                         f"{type(a).__module__}.{type(a).__qualname__}; copy it there with backend.asarray(...)")
-
-
-def _check_labels(op, labels, classes, backend):
-    """Raise ShapeError naming the op, the first label outside ``0..classes-1`` and its index.
-
-    A label out of range is an out-of-bounds read in every kernel that takes labels (a wrong
-    loss, or a crash), so the checked public ops read the labels to the host and look: on
-    a GPU that is a synchronisation.  Callers whose labels were validated once on the host
-    (the trainer's steps) call ``backend.unchecked`` instead."""
-    host = backend.to_numpy(labels)
-    if host.size == 0 or (int(host.min()) >= 0 and int(host.max()) < classes):
-        return
-    i = int(np.flatnonzero((host < 0) | (host >= classes))[0])
-    raise ShapeError(f"{op}: label {int(host[i])} at index {i} is outside 0..{classes - 1} "
-                     f"(the scores have {classes} classes)")
-
+# (the checks themselves live in gpunn.checks; the activation's is the op set's own)
 
 def _check_act(op, act):
     if act not in ACTIVATIONS:
         raise ValueError(f"{op}: unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
-
-
-# ---------------------------------------------------------------------------- scalar rules
-#
-# The SGD update's scalars, each defined once: the op's record, ``optim.SGD`` (and its
-# ``step``), the trainer's options and the command line's option types all ask these.
-# A kernel takes them as float32, so "finite" means finite *in float32*: ``1e39`` is a
-# finite float64 but an infinite rate on the device.
-
-F32_MAX = float(np.finfo(np.float32).max)
-
-
-def _real(v) -> bool:
-    """A real number (NumPy's scalars included), not a bool, a string or an array."""
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-
-
-def is_integer(v) -> bool:
-    """An integer (NumPy's included), not a bool: what a size, a count or a step must be."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-
-
-def is_finite_real(v) -> bool:
-    """A finite real number (NumPy's scalars included), not a bool, a string or an array."""
-    return _real(v) and math.isfinite(v)
-
-
-class ScalarRule(NamedTuple):
-    """What one scalar argument may be: ``ok(value)``, and the same in words (for messages)."""
-
-    what: str  # "a positive finite number (as float32: at most 3.4e38)"
-    ok: Callable  # value -> bool
-
-    def check(self, where, name, value) -> float:
-        """``float(value)``, or ValueError naming ``where`` and ``name`` in one line."""
-        if not self.ok(value):
-            raise ValueError(f"{where}: {name} must be {self.what}, got {value!r}")
-        return float(value)
-
-
-#: a size: layer widths, epochs, batch sizes
-COUNT = ScalarRule("a positive integer", lambda v: is_integer(v) and v > 0)
-
-
-def _f32(v) -> float:
-    """The real number ``v`` as float32 holds it, as a float: beyond float32's range it is inf."""
-    try:
-        v = float(v)
-    except OverflowError:  # an int beyond even float64
-        return math.inf if v > 0 else -math.inf
-    return float(np.float32(v)) if not abs(v) > F32_MAX else math.copysign(math.inf, v)
-
-
-LEARNING_RATE = ScalarRule("a positive finite number (as float32: at most 3.4e38)",
-                           lambda v: _real(v) and v > 0 and math.isfinite(_f32(v)))
-MOMENTUM = ScalarRule("a number in [0, 1) (in float32)", lambda v: _real(v) and 0 <= _f32(v) < 1)
-WEIGHT_DECAY = ScalarRule("a finite number >= 0 (as float32: at most 3.4e38)", lambda v: _real(v) and math.isfinite(_f32(v)) and v >= 0)
-
-
-def _check_rate(op, backend, lr):
-    """``lr`` as an op takes it: a learning rate (a number, :data:`LEARNING_RATE`), or a one-element
-    device array of the backend's dtype that the op reads when it runs (its value unchecked: it
-    is only known on the device)."""
-    if _real(lr):
-        return LEARNING_RATE.check(op, "lr", lr)
-    if not hasattr(lr, "shape"):
-        raise ValueError(f"{op}: lr must be {LEARNING_RATE.what} or a one-element device array, got {lr!r}")
-    _check(op, "lr", lr, shape=(1,), dtype=backend.dtype, backend=backend)
-    return lr
 
 
 # ---------------------------------------------------------------------------- one record per op
@@ -339,13 +221,13 @@ def gemm(backend, a, b, out, trans_a=False, trans_b=False, accumulate=False):
 
     a: (M,K) or (K,M) if trans_a; b: (K,N) or (N,K) if trans_b; out: (M,N).
     Forward ``XW``; backward ``Xᵀ dY`` (trans_a) and ``dY Wᵀ`` (trans_b)."""
-    _check("gemm", "a", a, ndim=2, dtype=backend.dtype, backend=backend)
-    _check("gemm", "b", b, ndim=2, dtype=backend.dtype, backend=backend)
+    array("gemm", "a", a, ndim=2, dtype=backend.dtype, backend=backend)
+    array("gemm", "b", b, ndim=2, dtype=backend.dtype, backend=backend)
     m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
     kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
     if k != kb:
         raise ShapeError(f"gemm: inner dimensions differ: op(a) is {(m, k)}, op(b) is {(kb, n)}")
-    _check("gemm", "out", out, shape=(m, n), dtype=backend.dtype, backend=backend)
+    array("gemm", "out", out, shape=(m, n), dtype=backend.dtype, backend=backend)
     return a, b, out, trans_a, trans_b, accumulate
 
 
@@ -354,10 +236,10 @@ def gemm(backend, a, b, out, trans_a=False, trans_b=False, accumulate=False):
 def bias_act(backend, x, bias, act, out):
     """``out = act(x + bias)``, x/out (N,D), bias (D,) or None; out may be x."""
     _check_act("bias_act", act)
-    _check("bias_act", "x", x, ndim=2, dtype=backend.dtype, backend=backend)
+    array("bias_act", "x", x, ndim=2, dtype=backend.dtype, backend=backend)
     if bias is not None:
-        _check("bias_act", "bias", bias, shape=(x.shape[1],), dtype=backend.dtype, backend=backend)
-    _check("bias_act", "out", out, shape=x.shape, dtype=backend.dtype, backend=backend)
+        array("bias_act", "bias", bias, shape=(x.shape[1],), dtype=backend.dtype, backend=backend)
+    array("bias_act", "out", out, shape=x.shape, dtype=backend.dtype, backend=backend)
     return x, bias, act, out
 
 
@@ -367,17 +249,17 @@ def act_backward(backend, y, dy, act, out):
 
     relu: dy*(y>0); sigmoid: dy*y*(1-y); tanh: dy*(1-y²); identity: dy."""
     _check_act("act_backward", act)
-    _check("act_backward", "y", y, ndim=2, dtype=backend.dtype, backend=backend)
-    _check("act_backward", "dy", dy, shape=y.shape, dtype=backend.dtype, backend=backend)
-    _check("act_backward", "out", out, shape=y.shape, dtype=backend.dtype, backend=backend)
+    array("act_backward", "y", y, ndim=2, dtype=backend.dtype, backend=backend)
+    array("act_backward", "dy", dy, shape=y.shape, dtype=backend.dtype, backend=backend)
+    array("act_backward", "out", out, shape=y.shape, dtype=backend.dtype, backend=backend)
     return y, dy, act, out
 
 
 @_op(cost=lambda dy, out: bias_grad_cost(*dy.shape))
 def bias_grad(backend, dy, out):
     """``out (D,) = dy (N,D) summed over rows`` (a column reduction)."""
-    _check("bias_grad", "dy", dy, ndim=2, dtype=backend.dtype, backend=backend)
-    _check("bias_grad", "out", out, shape=(dy.shape[1],), dtype=backend.dtype, backend=backend)
+    array("bias_grad", "dy", dy, ndim=2, dtype=backend.dtype, backend=backend)
+    array("bias_grad", "out", out, shape=(dy.shape[1],), dtype=backend.dtype, backend=backend)
     return dy, out
 
 
@@ -388,38 +270,28 @@ def act_bias_backward(backend, y, dy, act, dz, db):
 
     y, dy, dz (N,D); db (D,); dz may be dy.  One pass over the data instead of two."""
     _check_act("act_bias_backward", act)
-    _check("act_bias_backward", "y", y, ndim=2, dtype=backend.dtype, backend=backend)
-    _check("act_bias_backward", "dy", dy, shape=y.shape, dtype=backend.dtype, backend=backend)
-    _check("act_bias_backward", "dz", dz, shape=y.shape, dtype=backend.dtype, backend=backend)
-    _check("act_bias_backward", "db", db, shape=(y.shape[1],), dtype=backend.dtype, backend=backend)
+    array("act_bias_backward", "y", y, ndim=2, dtype=backend.dtype, backend=backend)
+    array("act_bias_backward", "dy", dy, shape=y.shape, dtype=backend.dtype, backend=backend)
+    array("act_bias_backward", "dz", dz, shape=y.shape, dtype=backend.dtype, backend=backend)
+    array("act_bias_backward", "db", db, shape=(y.shape[1],), dtype=backend.dtype, backend=backend)
     return y, dy, act, dz, db
 
 
 @_op(cost=lambda x, out: softmax_cost(*x.shape))
 def softmax(backend, x, out):
     """Row-wise ``out = exp(x - max) / sum(exp(x - max))``, (N,C); out may be x."""
-    _check("softmax", "x", x, ndim=2, dtype=backend.dtype, backend=backend)
-    _check("softmax", "out", out, shape=x.shape, dtype=backend.dtype, backend=backend)
+    array("softmax", "x", x, ndim=2, dtype=backend.dtype, backend=backend)
+    array("softmax", "out", out, shape=x.shape, dtype=backend.dtype, backend=backend)
     return x, out
 
 
 @_op(cost=lambda y, dy, out: softmax_backward_cost(*y.shape))
 def softmax_backward(backend, y, dy, out):
     """``out = y * (dy - rowsum(dy * y))`` with y = softmax output; out may be dy."""
-    _check("softmax_backward", "y", y, ndim=2, dtype=backend.dtype, backend=backend)
-    _check("softmax_backward", "dy", dy, shape=y.shape, dtype=backend.dtype, backend=backend)
-    _check("softmax_backward", "out", out, shape=y.shape, dtype=backend.dtype, backend=backend)
+    array("softmax_backward", "y", y, ndim=2, dtype=backend.dtype, backend=backend)
+    array("softmax_backward", "dy", dy, shape=y.shape, dtype=backend.dtype, backend=backend)
+    array("softmax_backward", "out", out, shape=y.shape, dtype=backend.dtype, backend=backend)
     return y, dy, out
-
-
-def _check_loss(op, name, out, labels, grad, loss, backend):
-    """A loss op's arguments: the output ``name`` (N,C), int32 labels (N,) in ``0..C-1``, the
-    gradient like the output, a one-element loss."""
-    _check(op, name, out, ndim=2, dtype=backend.dtype, backend=backend)
-    _check(op, "labels", labels, shape=(out.shape[0],), dtype=int32, backend=backend)
-    _check(op, "grad", grad, shape=out.shape, dtype=backend.dtype, backend=backend)
-    _check(op, "loss", loss, shape=(1,), dtype=backend.dtype, backend=backend)
-    _check_labels(op, labels, out.shape[1], backend)
 
 
 @_op(cost=lambda logits, labels, grad, loss, accumulate=False: softmax_cross_entropy_cost(*logits.shape))
@@ -429,7 +301,7 @@ def softmax_cross_entropy(backend, logits, labels, grad, loss, accumulate=False)
     ``grad = (softmax(logits) - onehot(labels)) / N``;
     ``loss[0] = mean(logsumexp(logits) - logits[label])`` (``+=`` if accumulate).
     Stable for any finite logits: no probability is ever logged."""
-    _check_loss("softmax_cross_entropy", "logits", logits, labels, grad, loss, backend)
+    loss_args("softmax_cross_entropy", logits, labels, loss, backend, grad=grad, name="logits")
     return logits, labels, grad, loss, accumulate
 
 
@@ -439,7 +311,7 @@ def mse(backend, y, labels, grad, loss, accumulate=False):
 
     ``loss[0] = sum((y - onehot)**2) / (2N)`` (``+=`` if accumulate);
     ``grad = (y - onehot) / N``.  This is the primer's C = 1/2n Σ‖y(x) − a‖²."""
-    _check_loss("mse", "y", y, labels, grad, loss, backend)
+    loss_args("mse", y, labels, loss, backend, grad=grad, name="y")
     return y, labels, grad, loss, accumulate
 
 
@@ -462,13 +334,13 @@ def sgd_update(backend, param, grad, velocity, lr, momentum=0.0, weight_decay=0.
 
     ``lr`` is a number, or a one-element array on the device whose value the op reads
     when it runs (a step replayed as a CUDA graph gets its rate that way)."""
-    _check("sgd_update", "param", param, dtype=backend.dtype, backend=backend)
-    _check("sgd_update", "grad", grad, shape=param.shape, dtype=backend.dtype, backend=backend)
+    array("sgd_update", "param", param, dtype=backend.dtype, backend=backend)
+    array("sgd_update", "grad", grad, shape=param.shape, dtype=backend.dtype, backend=backend)
     momentum = MOMENTUM.check("sgd_update", "momentum", momentum)
     weight_decay = WEIGHT_DECAY.check("sgd_update", "weight_decay", weight_decay)
     if momentum:
-        _check("sgd_update", "velocity", velocity, shape=param.shape, dtype=backend.dtype, backend=backend)
-    return param, grad, velocity, _check_rate("sgd_update", backend, lr), momentum, weight_decay, bool(nesterov)
+        array("sgd_update", "velocity", velocity, shape=param.shape, dtype=backend.dtype, backend=backend)
+    return param, grad, velocity, rate("sgd_update", backend, lr), momentum, weight_decay, bool(nesterov)
 
 
 @_op(cost=lambda scores, labels, out: count_correct_cost(*scores.shape))
@@ -476,10 +348,10 @@ def count_correct(backend, scores, labels, out):
     """``out[0] += number of rows whose argmax (first on ties) equals the label``.
 
     scores (N,C) float32, labels (N,) int32, out (1,) int32."""
-    _check("count_correct", "scores", scores, ndim=2, dtype=backend.dtype, backend=backend)
-    _check("count_correct", "labels", labels, shape=(scores.shape[0],), dtype=int32, backend=backend)
-    _check("count_correct", "out", out, shape=(1,), dtype=int32, backend=backend)
-    _check_labels("count_correct", labels, scores.shape[1], backend)
+    array("count_correct", "scores", scores, ndim=2, dtype=backend.dtype, backend=backend)
+    array("count_correct", "labels", labels, shape=(scores.shape[0],), dtype=int32, backend=backend)
+    array("count_correct", "out", out, shape=(1,), dtype=int32, backend=backend)
+    labels_in_range("count_correct", labels, scores.shape[1], backend)
     return scores, labels, out
 
 
@@ -494,14 +366,14 @@ def gather_batch(backend, x, labels, order, cursor, xb, yb):
 
     This checked form reads the cursor and that part of ``order`` back to validate
     them (on a GPU, a synchronisation); the trainer calls ``unchecked.gather_batch``."""
-    _check("gather_batch", "x", x, ndim=2, dtype=backend.dtype, backend=backend)
-    _check("gather_batch", "labels", labels, shape=(x.shape[0],), dtype=int32, backend=backend)
-    _check("gather_batch", "order", order, ndim=1, dtype=int32, backend=backend)
-    _check("gather_batch", "cursor", cursor, shape=(2,), dtype=int32, backend=backend)
-    _check("gather_batch", "xb", xb, ndim=2, dtype=backend.dtype, backend=backend)
+    array("gather_batch", "x", x, ndim=2, dtype=backend.dtype, backend=backend)
+    array("gather_batch", "labels", labels, shape=(x.shape[0],), dtype=int32, backend=backend)
+    array("gather_batch", "order", order, ndim=1, dtype=int32, backend=backend)
+    array("gather_batch", "cursor", cursor, shape=(2,), dtype=int32, backend=backend)
+    array("gather_batch", "xb", xb, ndim=2, dtype=backend.dtype, backend=backend)
     if xb.shape[1] != x.shape[1]:
         raise ShapeError(f"gather_batch: xb must have {x.shape[1]} columns like x, got shape {tuple(xb.shape)}")
-    _check("gather_batch", "yb", yb, shape=(xb.shape[0],), dtype=int32, backend=backend)
+    array("gather_batch", "yb", yb, shape=(xb.shape[0],), dtype=int32, backend=backend)
     start, b = int(backend.to_numpy(cursor)[0]), xb.shape[0]
     if not 0 <= start <= order.shape[0] - b:
         raise ShapeError(f"gather_batch: cursor[0] = {start} leaves no room for {b} rows in an order of "
@@ -522,11 +394,11 @@ def advance_step(backend, cursor, stride, lr_table, lr):
     cursor (2,) int32 = (position in the epoch's order, step), lr_table (T,) the
     schedule's rate at each step (the trainer's holds an epoch), lr (1,) the rate the
     next SGD reads."""
-    _check("advance_step", "cursor", cursor, shape=(2,), dtype=int32, backend=backend)
-    _check("advance_step", "lr_table", lr_table, ndim=1, dtype=backend.dtype, backend=backend)
+    array("advance_step", "cursor", cursor, shape=(2,), dtype=int32, backend=backend)
+    array("advance_step", "lr_table", lr_table, ndim=1, dtype=backend.dtype, backend=backend)
     if lr_table.shape[0] == 0:
         raise ShapeError("advance_step: lr_table is empty")
-    _check("advance_step", "lr", lr, shape=(1,), dtype=backend.dtype, backend=backend)
+    array("advance_step", "lr", lr, shape=(1,), dtype=backend.dtype, backend=backend)
     if not isinstance(stride, (int, np.integer)) or not 0 <= stride < 2**31:
         raise ShapeError(f"advance_step: stride must be a non-negative int32, got {stride!r}")
     return cursor, int(stride), lr_table, lr

@@ -95,7 +95,7 @@ def test_the_trainers_steps_leave_labels_unchecked(monkeypatch, backend):
     """The hot path reads no labels back (on a GPU that would be a synchronisation a step):
     check_dataset validated the data set once on the host."""
     import gpunn.backend.ops as ops
-    import gpunn.losses as losses
+    import gpunn.checks as checks
     from gpunn.data import Dataset
     from gpunn.train import TrainConfig, Trainer
 
@@ -106,8 +106,8 @@ def test_the_trainers_steps_leave_labels_unchecked(monkeypatch, backend):
         t = Trainer(TrainConfig(hidden=(5,), loss=loss, epochs=1, batch_size=8), data, backend=backend,
                     progress=False, log=lambda s: None)
         calls = []
-        monkeypatch.setattr(ops, "_check_labels", lambda *a: calls.append(a[0]))
-        monkeypatch.setattr(losses, "_check_labels", lambda *a: calls.append(a[0]))
+        monkeypatch.setattr(ops, "labels_in_range", lambda *a: calls.append(a[0]))  # the op records' binding
+        monkeypatch.setattr(checks, "labels_in_range", lambda *a: calls.append(a[0]))  # the losses' (checks.…)
         t.train_step(t.train_x[:8], t.train_y[:8], 0.1)
         assert calls == []
         monkeypatch.undo()

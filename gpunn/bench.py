@@ -34,6 +34,8 @@ import numpy as np
 
 from gpunn.backend import check_backend_name, get_backend, ops
 from gpunn.backend.numpy_backend import NumpyBackend
+from gpunn.kernels.activations import ACTIVATIONS as ACTIVATION_RECORDS
+from gpunn.kernels.activations import numpy_form
 from gpunn.env import simulator_on
 from gpunn.errors import GpunnError
 from gpunn.instrument import CudaEvents, WallClock
@@ -180,17 +182,10 @@ def _cupy_xent(cp, a, _):
 
 
 def _cupy_bias_act(cp, a, opt):
+    """The built-in: CuPy's ufuncs running the activation record's own formula on whole arrays."""
     out = a["out"]
     cp.add(a["x"], a["bias"], out=out)
-    act = opt["act"]
-    if act == "relu":
-        cp.maximum(out, 0, out=out)
-    elif act == "sigmoid":
-        cp.tanh(out * np.float32(0.5), out=out)
-        out += 1
-        out *= np.float32(0.5)
-    elif act == "tanh":
-        cp.tanh(out, out=out)
+    cp.copyto(out, numpy_form(ACTIVATION_RECORDS[opt["act"]].forward, cp)(out))
 
 
 def _cupy_sgd(cp, a, opt):

@@ -25,6 +25,7 @@ import numpy as np
 
 from gpunn.backend import get_backend
 from gpunn.backend.ops import ACTIVATIONS
+from gpunn.kernels.activations import ACTIVATIONS as ACTIVATION_RECORDS
 from gpunn.checks import COUNT, array, array_type
 from gpunn.errors import GpunnError, ShapeError
 
@@ -97,8 +98,10 @@ class Layer:
 class Dense(Layer):
     """Fully connected layer ``y = act(x W + b)``.
 
-    Initialisation suits the activation: He-normal (std sqrt(2/in)) for ReLU,
-    Glorot-uniform (limit sqrt(6/(in+out))) for sigmoid, tanh and identity; zero bias.
+    Initialisation is the one the activation's record names: He-normal (std sqrt(2/in)) for
+    relu, GELU and SiLU, Glorot-uniform (limit sqrt(6/(in+out))) for sigmoid, tanh and identity;
+    zero bias. ``forward`` keeps what the record says the backward reads: the output, or (GELU,
+    SiLU) the input of the activation too.
     """
 
     param_names, grad_names = ("W", "b"), ("dW", "db")
@@ -112,7 +115,8 @@ class Dense(Layer):
             raise ValueError(f"Dense: unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
         self.in_features, self.out_features, self.activation = int(in_features), int(out_features), activation
         rng = rng if rng is not None else np.random.default_rng(0)
-        if activation == "relu":
+        self._grad_from_input = ACTIVATION_RECORDS[activation].grad_from == "input"
+        if ACTIVATION_RECORDS[activation].init == "he":
             w = rng.standard_normal((in_features, out_features)) * np.sqrt(2.0 / in_features)
         else:
             limit = np.sqrt(6.0 / (in_features + out_features))
@@ -135,8 +139,16 @@ class Dense(Layer):
         self._check_input(x, self.in_features)
         be = self.backend
         y = self._buffer("y", x.shape[0], self.out_features)
-        be.unchecked.gemm(x, self.W, y, False, False, False)         # (N,in) @ (in,out)
-        be.unchecked.bias_act(y, self.b, self.activation, y)         # act(· + b), in place
+        if self._grad_from_input:                                    # the backward reads z = x W + b
+            z = self._buffer("z", x.shape[0], self.out_features)
+            be.unchecked.gemm(x, self.W, z, False, False, False)
+            be.unchecked.bias_act(z, self.b, "identity", z)
+            be.unchecked.bias_act(z, None, self.activation, y)
+            self._saved = z
+        else:
+            be.unchecked.gemm(x, self.W, y, False, False, False)     # (N,in) @ (in,out)
+            be.unchecked.bias_act(y, self.b, self.activation, y)     # act(· + b), in place
+            self._saved = y
         self._x, self._y = x, y
         return y
 
@@ -146,7 +158,7 @@ class Dense(Layer):
         dz = dy
         if self.activation != "identity":                            # dz = dy * act'(z); db = Σ_rows dz
             dz = self._buffer("dz", n, self.out_features)
-            be.unchecked.act_bias_backward(self._y, dy, self.activation, dz, self.db)
+            be.unchecked.act_bias_backward(self._saved, dy, self.activation, dz, self.db)
             with be.branch():                                        # (may run beside dx; see Backend.branch)
                 be.unchecked.gemm(self._x, dz, self.dW, True, False, False)  # dW = xᵀ dz
         else:
@@ -183,33 +195,23 @@ class Activation(Layer):
     def _apply(self, x, y):
         self.backend.unchecked.bias_act(x, None, self.activation, y)
 
-    def _gradient(self, y, dy, dx):
-        self.backend.unchecked.act_backward(y, dy, self.activation, dx)
+    def _gradient(self, s, dy, dx):
+        self.backend.unchecked.act_backward(s, dy, self.activation, dx)
 
     def forward(self, x):
         self._check_input(x, self.width)
         y = self._buffer("y", x.shape[0], self.width)
         self._apply(x, y)
         self._y = y
+        # what the backward reads: the output, or the input where the activation's record says so
+        self._saved = x if ACTIVATION_RECORDS[self.activation].grad_from == "input" else y
         return y
 
     def backward(self, dy):
         self._check_grad(dy, self.width)
         dx = self._buffer("dx", dy.shape[0], self.width)
-        self._gradient(self._y, dy, dx)
+        self._gradient(self._saved, dy, dx)
         return dx
-
-
-class ReLU(Activation):
-    activation = "relu"
-
-
-class Sigmoid(Activation):
-    activation = "sigmoid"
-
-
-class Tanh(Activation):
-    activation = "tanh"
 
 
 class Softmax(Activation):
@@ -222,7 +224,16 @@ class Softmax(Activation):
         self.backend.unchecked.softmax_backward(y, dy, dx)           # y * (dy - Σ dy·y)
 
 
-LAYER_TYPES = {cls.__name__: cls for cls in (Dense, ReLU, Sigmoid, Tanh, Softmax)}
+def _activation_layer(record):
+    return type(record.layer, (Activation,), {"activation": record.name, "__module__": __name__,
+                                              "__doc__": f"The {record.name} activation as a layer of its own."})
+
+
+#: one standalone layer per activation record but identity (``ReLU(width)``, ``GELU(width)``, ...)
+ACTIVATION_LAYERS = {a.layer: _activation_layer(a) for a in ACTIVATION_RECORDS.values() if a.name != "identity"}
+globals().update(ACTIVATION_LAYERS)  # gpunn.layers.ReLU, .Sigmoid, .Tanh, .GELU, .SiLU
+
+LAYER_TYPES = {"Dense": Dense, **ACTIVATION_LAYERS, "Softmax": Softmax}
 
 
 class Packed(list):

@@ -18,6 +18,7 @@ from gpunn.backend.cublas import GEMM_IMPLEMENTATIONS
 from gpunn.backend.ops import ACTIVATIONS
 from gpunn.checks import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY
 from gpunn.errors import GpunnError
+from gpunn.layers import OUTPUT_ACTIVATIONS
 from gpunn.losses import LOSSES
 from gpunn.optim import Schedule
 
@@ -127,7 +128,7 @@ def add_model_options(p, defaults):
                    help=f"hidden layer sizes, comma-separated; empty for softmax regression (default: {','.join(map(str, defaults.hidden))})")
     p.add_argument("--activation", choices=HIDDEN_ACTIVATIONS, default=None, help=f"hidden activation (default: {defaults.activation})")
     p.add_argument("--loss", choices=tuple(LOSSES), default=None, help=f"loss (default: {defaults.loss})")
-    p.add_argument("--output-activation", choices=("identity", "sigmoid", "softmax"), default=None,
+    p.add_argument("--output-activation", choices=OUTPUT_ACTIVATIONS, default=None,
                    help="last layer's activation (default: identity for cross-entropy, sigmoid for mse)")
     p.add_argument("--epochs", type=positive_int, default=None, help=f"epochs (default: {defaults.epochs})")
     p.add_argument("--batch-size", type=positive_int, default=None, help=f"mini-batch size (default: {defaults.batch_size})")

@@ -1,34 +1,22 @@
-"""Activation backward: ``out (N,D) = dy * act'(z)``, written with the saved output y = act(z).
-
-relu: ``dy * (y > 0)``; sigmoid: ``dy * (1 - y) * y``; tanh: ``dy * (1 - y²)``;
-identity: ``dy``.  One grid-stride loop over the flattened arrays; ``out`` may be
-``dy``.  Reads y and dy, writes out: memory-bound.
+"""Activation backward: ``out (N,D) = dy * act'(z)``, written with what the activation's record
+says its derivative needs: the saved output y = act(z) (relu ``dy * (y > 0)``, sigmoid
+``dy * (1 - y) * y``, tanh ``dy * (1 - y²)``) or the saved input z (GELU, SiLU).  The formulas are
+the records' (kernels/activations.py).  One grid-stride loop over the flattened arrays; ``out``
+may be ``dy``.  Reads s and dy, writes out: memory-bound.
 """
 from __future__ import annotations
 
 from numba import cuda, float32, int32, void
 
-from .bias_act import RELU, SIGMOID, TANH
-from .launch import ELEMENTWISE_THREADS, F0, ONE, KernelSpec, elementwise_config
-
-
-@cuda.jit(device=True)
-def act_grad(g, y, act):
-    """``g * act'`` written with the activation's output ``y`` (float32s)."""
-    if act == RELU:
-        return g if y > F0 else F0
-    if act == SIGMOID:
-        return g * ((ONE - y) * y)
-    if act == TANH:
-        return g * (ONE - y * y)
-    return g
+from .bias_act import act_grad
+from .launch import ELEMENTWISE_THREADS, KernelSpec, elementwise_config
 
 
 @cuda.jit
-def act_backward_kernel(y, dy, out, act):
-    """``out[i] = dy[i] * act'`` from ``y[i]``, over flat (N*D,) arrays."""
-    for i in range(cuda.grid(1), y.shape[0], cuda.gridsize(1)):
-        out[i] = act_grad(dy[i], y[i], act)
+def act_backward_kernel(s, dy, out, act):
+    """``out[i] = dy[i] * act'`` from ``s[i]`` (the saved output or input), over flat (N*D,) arrays."""
+    for i in range(cuda.grid(1), s.shape[0], cuda.gridsize(1)):
+        out[i] = act_grad(dy[i], s[i], act)
 
 
 def launch_config(n: int, d: int, threads: int = ELEMENTWISE_THREADS, max_blocks: int | None = None):

@@ -2,35 +2,26 @@
 
 One grid-stride loop over the N*D elements of the flattened arrays; element ``i``
 is in column ``i % D``.  ``out`` may be ``x`` (each element is read, then written,
-by the same thread).  Sigmoid is ``(tanh(z/2) + 1) / 2``, which cannot overflow,
-exactly as the NumPy reference computes it.
+by the same thread).  ``act`` is a record of kernels/activations.py, whose formula the NumPy
+reference runs too (sigmoid is ``(tanh(z/2) + 1) / 2``, which cannot overflow).
 
 Napkin math: reads x (4ND bytes) and bias (4D), writes out (4ND); 1 add plus the
 activation's FLOPs per element, so it is memory-bound on every GPU.
 """
 from __future__ import annotations
 
-import math
-
 from numba import cuda, float32, int32, void
 
-from .launch import ELEMENTWISE_THREADS, F0, HALF, ONE, KernelSpec, elementwise_config
+from .activations import ACTIVATIONS, compiled_forms, dispatcher
+from .launch import ELEMENTWISE_THREADS, KernelSpec, elementwise_config
 
-#: Activation codes passed to the kernels (a uniform branch, so one kernel serves all).
-ACT_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
-RELU, SIGMOID, TANH = ACT_CODES["relu"], ACT_CODES["sigmoid"], ACT_CODES["tanh"]
+#: The code each activation's record gives it, which the kernels branch on (a uniform branch, so
+#: one kernel serves them all; see kernels/activations.py).
+ACT_CODES = {name: a.code for name, a in ACTIVATIONS.items()}
 
-
-@cuda.jit(device=True)
-def activate(z, act):
-    """``act(z)`` for a float32 ``z``."""
-    if act == RELU:
-        return max(z, F0)
-    if act == SIGMOID:
-        return (math.tanh(z * HALF) + ONE) * HALF
-    if act == TANH:
-        return math.tanh(z)
-    return z
+#: ``activate(z, code)`` and ``act_grad(g, s, code)``: each record's formulas as device functions
+_device = cuda.jit(device=True)
+activate, act_grad = dispatcher(compiled_forms(_device), _device)
 
 
 @cuda.jit

@@ -66,7 +66,7 @@ def test_console_script_and_module_agree():
     (["--lr", "0"], "positive"),
     (["--lr", "nan"], "positive finite"),
     (["--lr", "-0.1"], "positive"),
-    (["--activation", "gelu"], "invalid choice: 'gelu'"),
+    (["--activation", "swish"], "invalid choice: 'swish'"),
     (["--loss", "hinge"], "invalid choice: 'hinge'"),
     (["--lr-schedule", "warm"], "invalid choice: 'warm'"),
     (["--backend", "tpu"], "invalid choice: 'tpu'"),

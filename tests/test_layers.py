@@ -5,7 +5,8 @@ import pytest
 from gpunn.backend import NumpyBackend
 from gpunn.errors import ShapeError
 from gpunn.gradcheck import check_model
-from gpunn.layers import Dense, ReLU, Sequential, Sigmoid, Softmax, Tanh, from_config, mlp
+from gpunn.backend.ops import ACTIVATIONS
+from gpunn.layers import ACTIVATION_LAYERS, Dense, Sequential, Softmax, from_config, mlp
 from gpunn.losses import MSE, SoftmaxCrossEntropy
 
 F64 = NumpyBackend(np.float64)
@@ -16,7 +17,7 @@ def batch(n=5, d=7, c=3, seed=1):
     return rng.standard_normal((n, d)), rng.integers(0, c, n).astype(np.int32)
 
 
-@pytest.mark.parametrize("act", ["identity", "relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("act", ACTIVATIONS)
 @pytest.mark.parametrize("loss_cls", [SoftmaxCrossEntropy, MSE])
 def test_dense_gradients_match_finite_differences(act, loss_cls):
     x, y = batch()
@@ -24,7 +25,7 @@ def test_dense_gradients_match_finite_differences(act, loss_cls):
     assert check_model(model, loss_cls(F64), x, y) < 1e-6
 
 
-@pytest.mark.parametrize("layer_cls", [ReLU, Sigmoid, Tanh, Softmax])
+@pytest.mark.parametrize("layer_cls", [*ACTIVATION_LAYERS.values(), Softmax], ids=lambda c: c.__name__)
 def test_standalone_activation_layers(layer_cls):
     x, y = batch(n=6, d=5, c=4)
     rng = np.random.default_rng(3)

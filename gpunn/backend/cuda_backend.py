@@ -341,20 +341,20 @@ class CudaBackend(Backend):
             (x.reshape(-1), self._dummy if bias is None else bias, out.reshape(-1), i32(bias_act.ACT_CODES[act]),
              i32(bias is not None)))])
 
-    def _act_backward(self, y, dy, act, out):
-        self._queue("act_backward", (y, dy, act, out), lambda: [(
+    def _act_backward(self, s, dy, act, out):
+        self._queue("act_backward", (s, dy, act, out), lambda: [(
             "act_backward", act_backward.act_backward_kernel,
-            *act_backward.launch_config(*y.shape, self.elementwise_threads, self.max_blocks),
-            (y.reshape(-1), dy.reshape(-1), out.reshape(-1), i32(bias_act.ACT_CODES[act])))])
+            *act_backward.launch_config(*s.shape, self.elementwise_threads, self.max_blocks),
+            (s.reshape(-1), dy.reshape(-1), out.reshape(-1), i32(bias_act.ACT_CODES[act])))])
 
     def _bias_grad(self, dy, out):
         self._queue("bias_grad", (dy, out), lambda: self._bias_grad_launches(
             ("bias_grad_partial", bias_grad.bias_grad_partial_kernel, (dy,)), dy, out))
 
-    def _act_bias_backward(self, y, dy, act, dz, db):
-        self._queue("act_bias_backward", (y, dy, act, dz, db), lambda: self._bias_grad_launches(
+    def _act_bias_backward(self, s, dy, act, dz, db):
+        self._queue("act_bias_backward", (s, dy, act, dz, db), lambda: self._bias_grad_launches(
             ("act_bias_grad_partial", bias_grad.act_bias_grad_partial_kernel,
-             (y, dy, i32(bias_act.ACT_CODES[act]), dz)), dz, db))
+             (s, dy, i32(bias_act.ACT_CODES[act]), dz)), dz, db))
 
     def _softmax(self, x, out):
         self._queue("softmax", (x, out), lambda: [(

@@ -15,6 +15,29 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.backend.base import Backend
+from gpunn.kernels.activations import ACTIVATIONS, numpy_form
+
+#: each activation's forward and backward formula, bound to NumPy's primitives: whole-array code
+_FORWARD = {name: numpy_form(a.forward) for name, a in ACTIVATIONS.items()}
+_BACKWARD = {name: numpy_form(a.backward) for name, a in ACTIVATIONS.items()}
+
+#: elements per block of an activation formula: its temporaries stay small (in cache, and a
+#: training step's memory peak does not grow with the batch) for a few ufunc calls more
+_BLOCK = 1 << 12
+
+
+def _blockwise(formula, out, a, b=None):
+    """``out = formula(a)`` (or ``formula(a, b)``) elementwise, a block at a time; ``out`` may be
+    ``a`` or ``b``. (Written out for one and two arguments: a tuple per call would sit in Python's
+    free lists, which a leak check counts.)"""
+    flat, a = out.reshape(-1), a.reshape(-1)
+    if b is None:
+        for i in range(0, flat.size, _BLOCK):
+            flat[i:i + _BLOCK] = formula(a[i:i + _BLOCK])
+    else:
+        b = b.reshape(-1)
+        for i in range(0, flat.size, _BLOCK):
+            flat[i:i + _BLOCK] = formula(a[i:i + _BLOCK], b[i:i + _BLOCK])
 
 
 class NumpyBackend(Backend):
@@ -95,48 +118,25 @@ class NumpyBackend(Backend):
         else:
             np.matmul(a, b, out=out)
 
-    # out = act(x + bias)
+    # out = act(x + bias): the activation's formula (kernels/activations.py) on the whole array
     def _bias_act(self, x, bias, act, out):
         if bias is not None:
             np.add(x, bias, out=out)
         elif out is not x:
             np.copyto(out, x)
-        if act == "relu":
-            np.maximum(out, self._zero_row(out.shape[1]), out=out)
-        elif act == "sigmoid":  # 1/(1+e^-z) == (1 + tanh(z/2)) / 2, with no overflow
-            out *= 0.5
-            np.tanh(out, out=out)
-            out += 1.0
-            out *= 0.5
-        elif act == "tanh":
-            np.tanh(out, out=out)
+        if act != "identity":
+            _blockwise(_FORWARD[act], out, out)
 
-    # out = dy * act'(z), from y = act(z)
-    def _act_backward(self, y, dy, act, out):
-        if act == "relu":  # dy where y > 0, else 0
-            mask = self._workspace("mask", y.shape, np.bool_)
-            np.greater(y, 0, out=mask)
-            np.multiply(dy, mask, out=out)
-        elif act == "sigmoid":  # y (1 - y)
-            t = self._workspace("dact", y.shape)
-            np.subtract(1.0, y, out=t)
-            t *= y
-            np.multiply(dy, t, out=out)
-        elif act == "tanh":  # 1 - y^2
-            t = self._workspace("dact", y.shape)
-            np.multiply(y, y, out=t)
-            np.subtract(1.0, t, out=t)
-            np.multiply(dy, t, out=out)
-        elif out is not dy:
-            np.copyto(out, dy)
+    # out = dy * act'(·), from s: the saved output y = act(z), or the input z (the record's grad_from)
+    def _act_backward(self, s, dy, act, out):
+        _blockwise(_BACKWARD[act], out, dy, s)
 
-    # out = column sums of dy = 1ᵀ dy (a BLAS matrix-vector product: 2-5x NumPy's axis-0 sum)
     def _bias_grad(self, dy, out):
         np.dot(self._ones(dy.shape[0]), dy, out=out)
 
     # dz = dy * act'(z); db = column sums of dz: the two ops above, in order
-    def _act_bias_backward(self, y, dy, act, dz, db):
-        self._act_backward(y, dy, act, dz)
+    def _act_bias_backward(self, s, dy, act, dz, db):
+        self._act_backward(s, dy, act, dz)
         self._bias_grad(dz, db)
 
     def _softmax_rows(self, x, out):

@@ -12,15 +12,15 @@ per logit) are single compiled loops, one pass each:
 op                          fused loop
 ==========================  ===========================================================
 ``sgd_update``              ``v = m*v + g; p -= lr*v`` (and weight decay, Nesterov)
-``bias_act`` relu/identity  ``out = max(x + b, 0)``
-``act_backward``            ``out = dy * act'(y)`` for relu, sigmoid, tanh
+``bias_act``                ``out = f(x + b)`` for each activation without tanh (relu, identity)
+``act_backward``            ``out = dy * f'(s)`` for each derivative without tanh (all but GELU, SiLU)
 ``softmax_cross_entropy``   per row: max, exp, sum, log, gradient, loss
 ``mse``                     per row: difference to one-hot, gradient, squared sum
 ``count_correct``           per row: first argmax, compare
 ==========================  ===========================================================
 
-``gemm`` and ``bias_grad`` (``1ᵀ dy``, a matrix-vector product) stay BLAS; sigmoid
-and tanh *forward* stay NumPy, whose vectorised ``tanh`` beats a compiled scalar
+``gemm`` and ``bias_grad`` (``1ᵀ dy``, a matrix-vector product) stay BLAS; a forward
+with tanh (sigmoid, tanh, GELU, SiLU) stays NumPy, whose vectorised ``tanh`` beats a compiled scalar
 loop; softmax and its backward stay NumPy (not on a training path the benchmarks
 measure).  Every loop does the reference's float32 arithmetic in the reference's
 order where it can (``sgd_update``, ``act_backward`` and ``bias_act`` agree bit for
@@ -40,6 +40,7 @@ from numba import config as numba_config
 from numba import njit
 
 from gpunn.backend.numpy_backend import NumpyBackend
+from gpunn.kernels.activations import ACTIVATIONS, compiled_forms
 
 # cache=True: compiled once per machine (in __pycache__), loaded in milliseconds after
 _jit = njit(cache=True, nogil=True)
@@ -67,51 +68,26 @@ def sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov):
         param[i] = p - g * lr
 
 
-@_jit
-def bias_relu(x, bias, out):
-    """out (N,D) = max(x + bias, 0); NaN stays NaN, as np.maximum; out may be x."""
-    n, d = x.shape
-    for i in range(n):
-        for j in range(d):
-            z = x[i, j] + bias[j]
-            out[i, j] = F0 if z < F0 else z
+def _bias_act_loop(forward):
+    """out (N,D) = f(x + bias), one pass, for the record's compiled ``forward``; out may be x."""
+    @njit(nogil=True)
+    def loop(x, bias, out):
+        n, d = x.shape
+        for i in range(n):
+            for j in range(d):
+                out[i, j] = forward(x[i, j] + bias[j])
+    return loop
 
 
-@_jit
-def bias_identity(x, bias, out):
-    n, d = x.shape
-    for i in range(n):
-        for j in range(d):
-            out[i, j] = x[i, j] + bias[j]
-
-
-@_jit
-def relu_backward(y, dy, out):
-    """out = dy * (1 if y > 0 else 0): the reference's mask multiply (so 0 * inf is NaN there too)."""
-    n, d = y.shape
-    for i in range(n):
-        for j in range(d):
-            out[i, j] = dy[i, j] * (F1 if y[i, j] > F0 else F0)
-
-
-@_jit
-def sigmoid_backward(y, dy, out):
-    """out = dy * ((1 - y) * y)."""
-    n, d = y.shape
-    for i in range(n):
-        for j in range(d):
-            s = y[i, j]
-            out[i, j] = dy[i, j] * ((F1 - s) * s)
-
-
-@_jit
-def tanh_backward(y, dy, out):
-    """out = dy * (1 - y*y)."""
-    n, d = y.shape
-    for i in range(n):
-        for j in range(d):
-            s = y[i, j]
-            out[i, j] = dy[i, j] * (F1 - s * s)
+def _backward_loop(backward):
+    """out (N,D) = backward(dy, s) = dy * f'(s), one pass; out may be dy."""
+    @njit(nogil=True)
+    def loop(s, dy, out):
+        n, d = s.shape
+        for i in range(n):
+            for j in range(d):
+                out[i, j] = backward(dy[i, j], s[i, j])
+    return loop
 
 
 # ---------------------------------------------------------------------------- per row
@@ -182,8 +158,16 @@ def count_correct(scores, labels):
 # ---------------------------------------------------------------------------- binding
 
 
-_BACKWARD = {"relu": relu_backward, "sigmoid": sigmoid_backward, "tanh": tanh_backward}
-_BIAS_ACT = {"relu": bias_relu, "identity": bias_identity}
+# Each record's formulas, compiled (kernels/activations.py), in one loop each. A formula that calls
+# tanh stays NumPy's: its vectorised tanh beats a compiled scalar loop, and a scalar tanhf may
+# differ from it in the last place (these loops agree with the reference bit for bit).
+def _plain(formula) -> bool:
+    return "tanh" not in formula.__code__.co_names
+
+
+_FORMS = compiled_forms(njit(nogil=True))
+_BIAS_ACT = {name: _bias_act_loop(_FORMS[name][0]) for name, a in ACTIVATIONS.items() if _plain(a.forward)}
+_BACKWARD = {name: _backward_loop(_FORMS[name][1]) for name, a in ACTIVATIONS.items() if _plain(a.backward)}
 
 
 def jit_enabled() -> bool:
@@ -205,17 +189,17 @@ class FusedNumpyBackend(NumpyBackend):
 
     def _bias_act(self, x, bias, act, out):
         kernel = _BIAS_ACT.get(act)
-        if kernel is None:                   # sigmoid, tanh: NumPy's vector tanh is faster
+        if kernel is None:                   # a forward with tanh: NumPy's vector tanh is faster
             super()._bias_act(x, bias, act, out)
         else:
             kernel(x, self._zero_row(x.shape[1]) if bias is None else bias, out)
 
-    def _act_backward(self, y, dy, act, out):
+    def _act_backward(self, s, dy, act, out):
         kernel = _BACKWARD.get(act)
-        if kernel is None:                   # identity
-            super()._act_backward(y, dy, act, out)
+        if kernel is None:                   # a derivative with tanh (GELU, SiLU): NumPy's
+            super()._act_backward(s, dy, act, out)
         else:
-            kernel(y, dy, out)
+            kernel(s, dy, out)
 
     def _softmax_cross_entropy(self, logits, labels, grad, loss, accumulate):
         value = F32(softmax_cross_entropy(logits, labels, grad, F32(1.0 / logits.shape[0])))

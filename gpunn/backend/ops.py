@@ -33,15 +33,16 @@ import numpy as np
 
 from gpunn.checks import MOMENTUM, WEIGHT_DECAY, array, int32, labels_in_range, loss_args, rate
 from gpunn.errors import ShapeError
+from gpunn.kernels.activations import ACTIVATIONS as ACTIVATION_RECORDS
+from gpunn.kernels.activations import NAMES
 
-ACTIVATIONS = ("identity", "relu", "sigmoid", "tanh")
+#: every activation's name, from its record (kernels/activations.py: formulas, FLOPs, what its
+#: backward reads); the ops take an activation by name
+ACTIVATIONS = NAMES
 
 F32 = 4  # bytes per float32
 I32 = 4  # bytes per int32
 
-#: FLOPs per element of activation forward (after the bias add) and backward.
-ACT_FORWARD_FLOPS = {"identity": 0, "relu": 1, "sigmoid": 3, "tanh": 1}
-ACT_BACKWARD_FLOPS = {"identity": 0, "relu": 2, "sigmoid": 3, "tanh": 3}
 
 
 class Cost(NamedTuple):
@@ -68,13 +69,13 @@ def gemm_cost(m: int, n: int, k: int, accumulate: bool = False) -> Cost:
 
 def bias_act_cost(n: int, d: int, act: str, has_bias: bool = True) -> Cost:
     """``out (N,D) = act(x + bias)``: reads x and bias, writes out."""
-    flops = n * d * ((1 if has_bias else 0) + ACT_FORWARD_FLOPS[act])
+    flops = n * d * ((1 if has_bias else 0) + ACTIVATION_RECORDS[act].forward_flops)
     return Cost(flops, F32 * (2 * n * d + (d if has_bias else 0)))
 
 
 def act_backward_cost(n: int, d: int, act: str) -> Cost:
-    """``out (N,D) = dy * act'(y)``: reads y and dy, writes out."""
-    return Cost(n * d * (1 + ACT_BACKWARD_FLOPS[act]), F32 * 3 * n * d)
+    """``out (N,D) = dy * act'(s)``: reads s (the saved output or input) and dy, writes out."""
+    return Cost(n * d * (1 + ACTIVATION_RECORDS[act].backward_flops), F32 * 3 * n * d)
 
 
 def bias_grad_cost(n: int, d: int) -> Cost:
@@ -83,8 +84,8 @@ def bias_grad_cost(n: int, d: int) -> Cost:
 
 
 def act_bias_backward_cost(n: int, d: int, act: str) -> Cost:
-    """``dz = dy * act'(y)`` and ``db = dz.sum(axis=0)`` in one pass: reads y and dy, writes dz and db."""
-    return Cost(n * d * (2 + ACT_BACKWARD_FLOPS[act]), F32 * (3 * n * d + d))
+    """``dz = dy * act'(s)`` and ``db = dz.sum(axis=0)`` in one pass: reads s and dy, writes dz and db."""
+    return Cost(n * d * (2 + ACTIVATION_RECORDS[act].backward_flops), F32 * (3 * n * d + d))
 
 
 def softmax_cost(n: int, c: int) -> Cost:
@@ -243,16 +244,16 @@ def bias_act(backend, x, bias, act, out):
     return x, bias, act, out
 
 
-@_op(cost=lambda y, dy, act, out: act_backward_cost(*y.shape, act), variant=lambda y, dy, act, out: act)
-def act_backward(backend, y, dy, act, out):
-    """``out = dy * act'(·)`` written with the saved *output* y = act(z); out may be dy.
-
-    relu: dy*(y>0); sigmoid: dy*y*(1-y); tanh: dy*(1-y²); identity: dy."""
+@_op(cost=lambda s, dy, act, out: act_backward_cost(*s.shape, act), variant=lambda s, dy, act, out: act)
+def act_backward(backend, s, dy, act, out):
+    """``out = dy * act'(·)`` written with ``s``, what the activation's record says its derivative
+    needs (``grad_from``): the saved *output* y = act(z) (relu: dy*(y>0); sigmoid: dy*y*(1-y);
+    tanh: dy*(1-y²); identity: dy) or the saved *input* z (GELU, SiLU); out may be dy."""
     _check_act("act_backward", act)
-    array("act_backward", "y", y, ndim=2, dtype=backend.dtype, backend=backend)
-    array("act_backward", "dy", dy, shape=y.shape, dtype=backend.dtype, backend=backend)
-    array("act_backward", "out", out, shape=y.shape, dtype=backend.dtype, backend=backend)
-    return y, dy, act, out
+    array("act_backward", "s", s, ndim=2, dtype=backend.dtype, backend=backend)
+    array("act_backward", "dy", dy, shape=s.shape, dtype=backend.dtype, backend=backend)
+    array("act_backward", "out", out, shape=s.shape, dtype=backend.dtype, backend=backend)
+    return s, dy, act, out
 
 
 @_op(cost=lambda dy, out: bias_grad_cost(*dy.shape))
@@ -263,18 +264,19 @@ def bias_grad(backend, dy, out):
     return dy, out
 
 
-@_op(cost=lambda y, dy, act, dz, db: act_bias_backward_cost(*y.shape, act), variant=lambda y, dy, act, dz, db: act)
-def act_bias_backward(backend, y, dy, act, dz, db):
+@_op(cost=lambda s, dy, act, dz, db: act_bias_backward_cost(*s.shape, act), variant=lambda s, dy, act, dz, db: act)
+def act_bias_backward(backend, s, dy, act, dz, db):
     """A dense layer's backward through its activation and bias, fused:
     ``dz = dy * act'(·)`` (as ``act_backward``) and ``db = dz`` summed over rows (as ``bias_grad``).
 
-    y, dy, dz (N,D); db (D,); dz may be dy.  One pass over the data instead of two."""
+    s (the saved output or input, as ``act_backward``), dy, dz (N,D); db (D,); dz may be dy.
+    One pass over the data instead of two."""
     _check_act("act_bias_backward", act)
-    array("act_bias_backward", "y", y, ndim=2, dtype=backend.dtype, backend=backend)
-    array("act_bias_backward", "dy", dy, shape=y.shape, dtype=backend.dtype, backend=backend)
-    array("act_bias_backward", "dz", dz, shape=y.shape, dtype=backend.dtype, backend=backend)
-    array("act_bias_backward", "db", db, shape=(y.shape[1],), dtype=backend.dtype, backend=backend)
-    return y, dy, act, dz, db
+    array("act_bias_backward", "s", s, ndim=2, dtype=backend.dtype, backend=backend)
+    array("act_bias_backward", "dy", dy, shape=s.shape, dtype=backend.dtype, backend=backend)
+    array("act_bias_backward", "dz", dz, shape=s.shape, dtype=backend.dtype, backend=backend)
+    array("act_bias_backward", "db", db, shape=(s.shape[1],), dtype=backend.dtype, backend=backend)
+    return s, dy, act, dz, db
 
 
 @_op(cost=lambda x, out: softmax_cost(*x.shape))

@@ -15,6 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 from gpunn.backend import NumpyBackend
 from gpunn.backend.ops import ACTIVATIONS
+from gpunn.kernels.activations import ACTIVATIONS as RECORDS
 
 SMALL = {"numpy": (40, 70), "cuda-sim": (6, 12), "cuda": (40, 300)}  # (max_examples, max width)
 
@@ -73,8 +74,24 @@ def close(be, got, want, rtol=1e-4, atol=1e-5):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * scale)
 
 
+# float64 truths, written independently of the records' float32 formulas (kernels/activations.py)
+GELU_C = np.sqrt(2 / np.pi)
+
+
 def act64(z, act):
-    return {"identity": z, "relu": np.maximum(z, 0), "sigmoid": 1 / (1 + np.exp(-z)), "tanh": np.tanh(z)}[act]
+    return {"identity": lambda: z, "relu": lambda: np.maximum(z, 0), "sigmoid": lambda: 1 / (1 + np.exp(-z)),
+            "tanh": lambda: np.tanh(z), "gelu": lambda: 0.5 * z * (1 + np.tanh(GELU_C * (z + 0.044715 * z ** 3))),
+            "silu": lambda: z / (1 + np.exp(-z))}[act]()
+
+
+def deriv64(y, z, act):
+    """act'(z), from the output y (what relu, sigmoid and tanh save) or the input z."""
+    t = np.tanh(GELU_C * (z + 0.044715 * z ** 3))
+    sig = 1 / (1 + np.exp(-z))
+    return {"identity": lambda: 1.0, "relu": lambda: (y > 0), "sigmoid": lambda: y * (1 - y),
+            "tanh": lambda: 1 - y ** 2,
+            "gelu": lambda: 0.5 * (1 + t) + 0.5 * z * (1 - t ** 2) * GELU_C * (1 + 3 * 0.044715 * z ** 2),
+            "silu": lambda: sig + z * sig * (1 - sig)}[act]()
 
 
 @property_test(sim_examples=3)  # the tiled GEMM is slow to simulate; test_ops.py covers its shapes
@@ -106,12 +123,11 @@ def test_act_backward_property(be, data, width):
     act = data.draw(st.sampled_from(ACTIVATIONS))
     z = data.draw(matrix(8, width, bound=10)).astype(np.float64)
     y = act64(z, act).astype(np.float32)                  # a saved activation output
+    saved = z.astype(np.float32) if RECORDS[act].grad_from == "input" else y  # what its backward reads
     dy = data.draw(f32_arrays(y.shape, 10))
     out = be.empty(y.shape)
-    be.act_backward(dev(be, y), dev(be, dy), act, out)
-    y64, dy64 = y.astype(np.float64), dy.astype(np.float64)
-    deriv = {"identity": 1.0, "relu": (y64 > 0), "sigmoid": y64 * (1 - y64), "tanh": 1 - y64 ** 2}[act]
-    close(be, out, dy64 * deriv)
+    be.act_backward(dev(be, saved), dev(be, dy), act, out)
+    close(be, out, dy.astype(np.float64) * deriv64(y.astype(np.float64), saved.astype(np.float64), act))
 
 
 @property_test

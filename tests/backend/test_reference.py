@@ -36,13 +36,35 @@ def test_bias_act_each_activation():
     out = np.empty_like(x)
     expect = {"identity": [-1, 1, 2], "relu": [0, 1, 2],
               "sigmoid": [1 / (1 + math.e), 1 / (1 + math.exp(-1)), 1 / (1 + math.exp(-2))],
-              "tanh": [math.tanh(-1), math.tanh(1), math.tanh(2)]}
+              "tanh": [math.tanh(-1), math.tanh(1), math.tanh(2)],
+              "gelu": [0.5 * z * (1 + math.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z ** 3))) for z in (-1, 1, 2)],
+              "silu": [z / (1 + math.exp(-z)) for z in (-1, 1, 2)]}
     for act, want in expect.items():
         be.bias_act(x, b, act, out)
         np.testing.assert_allclose(out[0], want, rtol=1e-6)
     be.bias_act(f32(-1e4, 1e4).reshape(1, 2), None, "sigmoid", out[:, :2].copy())  # no overflow warning
-    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
-        be.bias_act(x, b, "gelu", out)
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        be.bias_act(x, b, "swish", out)
+
+
+@pytest.mark.parametrize("act", ops.ACTIVATIONS)
+def test_each_activations_backward_is_its_forwards_derivative(act):
+    """The record's backward, given what its grad_from says (the output or the input), against a
+    central difference of its forward, in float64 (the reference runs in either dtype)."""
+    from gpunn.kernels.activations import ACTIVATIONS as RECORDS
+
+    be64 = NumpyBackend(np.float64)
+    z = np.linspace(-4, 4, 41).reshape(1, -1)
+    z = z[:, np.abs(z[0]) > 1e-3] if act == "relu" else z  # relu has no derivative at 0
+    y, up, down = (np.empty_like(z) for _ in range(3))
+    be64.bias_act(z, None, act, y)
+    h = 1e-6
+    be64.bias_act(z + h, None, act, up)
+    be64.bias_act(z - h, None, act, down)
+    dy = np.full_like(z, 1.5)
+    got = np.empty_like(z)
+    be64.act_backward(z if RECORDS[act].grad_from == "input" else y, dy, act, got)
+    np.testing.assert_allclose(got, 1.5 * (up - down) / (2 * h), rtol=1e-6, atol=1e-8)
 
 
 def test_act_backward_from_saved_output():

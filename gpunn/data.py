@@ -39,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gpunn import env
+from gpunn.checks import is_integer
 from gpunn.errors import DataError
 from gpunn.inputs import read_regular
 
@@ -238,7 +239,7 @@ def load_mnist(data_dir=None, *, download=True, cache_dir=None, train_samples=No
     """
     train_samples = _check_limit("train_samples", train_samples)
     test_samples = _check_limit("test_samples", test_samples)
-    if not _is_int(num_classes) or num_classes < 2:
+    if not is_integer(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if data_dir is None and os.environ.get("GPUNN_DATA_DIR"):
         data_dir, origin = os.environ["GPUNN_DATA_DIR"], " (from GPUNN_DATA_DIR)"
@@ -294,7 +295,7 @@ _UNIT = np.arange(256, dtype=np.float32) / np.float32(255)
 
 
 def _check_limit(name: str, value):
-    if value is not None and (not _is_int(value) or value < 1):
+    if value is not None and (not is_integer(value) or value < 1):
         raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
     return None if value is None else int(value)
 
@@ -453,7 +454,7 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     ``n``, ``seed`` and ``epoch`` must be non-negative integers.
     """
     for arg, value in (("n", n), ("seed", seed), ("epoch", epoch)):
-        if not _is_int(value) or value < 0:
+        if not is_integer(value) or value < 0:
             raise ValueError(f"epoch_permutation: {arg} must be a non-negative integer, "
                              f"got {value!r}")
     rng = np.random.default_rng([int(seed), int(epoch)])
@@ -466,19 +467,15 @@ def batch_slices(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
     ``batch_size`` must be >= 1 (ValueError, raised at the call); one larger than ``n``
     gives a single batch, and ``n == 0`` gives none.
     """
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not _is_int(n) or n < 0:
+    if not is_integer(n) or n < 0:
         raise ValueError(f"batch_slices: n must be a non-negative integer, got {n!r}")
     n, batch_size = int(n), int(batch_size)
     return ((start, min(start + batch_size, n)) for start in range(0, n, batch_size))
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _sha256(data: bytes) -> str:

@@ -141,12 +141,12 @@ class Dense(Layer):
         y = self._buffer("y", x.shape[0], self.out_features)
         if self._grad_from_input:                                    # the backward reads z = x W + b
             z = self._buffer("z", x.shape[0], self.out_features)
-            be.unchecked.gemm(x, self.W, z, False, False, False)
+            be.unchecked.gemm(x, self.W, z, trans_a=False, trans_b=False, accumulate=False)
             be.unchecked.bias_act(z, self.b, "identity", z)
             be.unchecked.bias_act(z, None, self.activation, y)
             self._saved = z
         else:
-            be.unchecked.gemm(x, self.W, y, False, False, False)     # (N,in) @ (in,out)
+            be.unchecked.gemm(x, self.W, y, trans_a=False, trans_b=False, accumulate=False)  # (N,in) @ (in,out)
             be.unchecked.bias_act(y, self.b, self.activation, y)     # act(· + b), in place
             self._saved = y
         self._x, self._y = x, y
@@ -160,15 +160,15 @@ class Dense(Layer):
             dz = self._buffer("dz", n, self.out_features)
             be.unchecked.act_bias_backward(self._saved, dy, self.activation, dz, self.db)
             with be.branch():                                        # (may run beside dx; see Backend.branch)
-                be.unchecked.gemm(self._x, dz, self.dW, True, False, False)  # dW = xᵀ dz
+                be.unchecked.gemm(self._x, dz, self.dW, trans_a=True, trans_b=False, accumulate=False)  # dW = xᵀ dz
         else:
             with be.branch():
                 be.unchecked.bias_grad(dz, self.db)                  # db = Σ_rows dz
-                be.unchecked.gemm(self._x, dz, self.dW, True, False, False)  # dW = xᵀ dz
+                be.unchecked.gemm(self._x, dz, self.dW, trans_a=True, trans_b=False, accumulate=False)  # dW = xᵀ dz
         if not self.needs_input_grad:
             return None
         dx = self._buffer("dx", n, self.in_features)
-        be.unchecked.gemm(dz, self.W, dx, False, True, False)        # dx = dz Wᵀ
+        be.unchecked.gemm(dz, self.W, dx, trans_a=False, trans_b=True, accumulate=False)  # dx = dz Wᵀ
         return dx
 
 

@@ -93,10 +93,11 @@ class Backend(abc.ABC):
 
     # ------------------------------------------------------------------ ops
     #: This backend's op implementations without the argument checks, made once per instance.
-    #: ``be.unchecked.gemm(a, b, out, False, False, False)``: every argument of the op, in
-    #: order, positionally; no shape, dtype or label check, no synchronisation.  For callers
-    #: that know their arguments are right: the layers, losses, optimizer and trainer, which
-    #: check their buffers and data once.  The checked methods (``be.gemm(...)``) check and
+    #: ``be.unchecked.gemm(a, b, out, trans_a=False, trans_b=False, accumulate=False)``: every
+    #: argument of the op, by position or by the record's names (every backend's implementation
+    #: has them); no shape, dtype or label check, no synchronisation.  For callers that know
+    #: their arguments are right: the layers, losses, optimizer and trainer, which check their
+    #: buffers and data once.  The checked methods (``be.gemm(...)``) check and
     #: then call through here too, so this is the one place a profiler hooks.
     unchecked: Unchecked
 

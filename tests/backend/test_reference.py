@@ -208,3 +208,18 @@ def test_float64_reference_for_gradient_checks():
     assert out.dtype == np.float64 and np.allclose(out, 0.5)
     with pytest.raises(ShapeError, match="float64"):
         b64.softmax(x.astype(np.float32), out)
+
+
+def test_every_backends_implementations_take_the_records_argument_names():
+    """Call sites may name an op's arguments (``trans_a=True``): every backend's ``_op`` method must
+    have exactly its record's parameters, in order."""
+    import inspect
+
+    from gpunn.backend.cuda_backend import CudaBackend
+    from gpunn.backend.numpy_fused import FusedNumpyBackend
+
+    for name, op in ops.OPS.items():
+        want = [p for p in op.signature.parameters if p != "self"]
+        for cls in (NumpyBackend, FusedNumpyBackend, CudaBackend):
+            got = list(inspect.signature(getattr(cls, "_" + name)).parameters)[1:]
+            assert got == want, f"{cls.__name__}._{name}{tuple(got)}: the record has {tuple(want)}"

@@ -40,7 +40,8 @@ Also measured: host microseconds per eager op call on the backend (``launch_us``
 A contestant or section that fails prints its error in its row and the rest still runs; PyTorch is
 optional.  The results tables and the issue's targets (measured vs target, "met"/"missed"; nothing
 is asserted, the exit status does not depend on them) are printed at the end; ``--json`` writes them
-too, after every section (atomically), so a run cut short keeps what it measured.
+too, after every section (through gpunn.output: whole or not at all), so a run cut short keeps
+what it measured.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))  # train_speed.py: the data loader and CPU name both benchmarks use
+sys.path.insert(0, str(REPO / "benchmarks"))  # train_speed.py: the data loader both benchmarks use
 
 #: TrainConfig fields of each network (everything else: gpunn's defaults); epochs = --epochs
 NETS = {
@@ -126,23 +127,6 @@ def report_failure(what, exc):
         .rstrip().replace("\n", "\n     "))
 
 
-def write_json(path, obj):
-    """Atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def median_after_warmup(times):
     """Median of the epochs after the first (the warm-up); of all of them when there is only one."""
     return statistics.median(times[1:] if len(times) > 1 else times)
@@ -176,9 +160,9 @@ def describe_device(backend):
         except metadata.PackageNotFoundError:
             pass
     if backend != "cuda":
-        from train_speed import cpu_name
+        from gpunn.roofline import cpu_model
 
-        return f"CPU: {cpu_name()} ({backend} backend)", versions
+        return f"CPU: {cpu_model()} ({backend} backend)", versions
     try:
         import cupy
 
@@ -815,7 +799,9 @@ def main(argv=None):
         results["targets"] = targets(results)
         if args.json:
             try:
-                write_json(args.json, results)
+                from gpunn.output import write_json  # whole or not at all, as every file gpunn writes
+
+                write_json(args.json, results, default=str)
             except Exception as exc:
                 report_failure(f"writing {args.json}", exc)
 

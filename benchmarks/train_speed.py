@@ -274,19 +274,12 @@ class Textbook:
 # ---------------------------------------------------------------------------- the run
 
 
-def cpu_name():
-    """The processor's model name (Linux's /proc/cpuinfo), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def describe_machine(threads):
     import numpy as np
 
-    cpu = cpu_name()
+    from gpunn.roofline import cpu_model
+
+    cpu = cpu_model()
     blas = "?"
     try:
         cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]

@@ -279,9 +279,10 @@ def write_text(path, text: str):
     write_bytes(path, text.encode())
 
 
-def write_json(path, obj):
-    """Write ``obj`` as JSON to ``path`` (metrics files, like checkpoints, are never half-written)."""
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+def write_json(path, obj, default=None):
+    """Write ``obj`` as JSON to ``path`` (metrics files, like checkpoints, are never half-written);
+    ``default`` as ``json.dumps`` takes it (``str``: anything else written as its text)."""
+    write_text(path, json.dumps(obj, indent=2, default=default) + "\n")
 
 
 __all__ = ["atomic_write", "check_outputs", "check_writable", "remove_stale_temporaries", "resolve", "write_bytes", "write_cache_file", "write_json",

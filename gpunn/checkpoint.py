@@ -150,16 +150,16 @@ class Checkpoint:
                 if nbytes > (info.compress_size + 64) * ratio:
                     raise CheckpointError(f"{self.path}: {name} declares {nbytes:,} bytes, more than its "
                                           f"{info.compress_size:,} bytes in the archive can hold")
-                data = stream.read(nbytes)
-                if len(data) != nbytes:
-                    raise CheckpointError(f"{self.path}: {name} is truncated ({len(data):,} of {nbytes:,} bytes)")
+                array = np.empty(int(np.prod(shape, dtype=object)), dtype)  # writable, read into in place
+                got = stream.readinto(memoryview(array).cast("B")) if nbytes else 0
+                if got != nbytes:
+                    raise CheckpointError(f"{self.path}: {name} is truncated ({got:,} of {nbytes:,} bytes)")
                 if stream.read(1):
                     raise CheckpointError(f"{self.path}: {name} holds more than its header declares")
         except CheckpointError:
             raise
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, TypeError, NotImplementedError) as exc:
             raise self._corrupt(name, exc) from None
-        array = np.frombuffer(data, dtype)
         return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
     def _string(self, name) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 from gpunn import checkpoint
 from gpunn.backend import get_backend
 from gpunn.backend.ops import ACTIVATIONS
-from gpunn.checks import COUNT, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, is_finite_real, is_integer
+from gpunn.checks import COUNT, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, is_integer
 from gpunn.data import batch_slices, epoch_permutation
 from gpunn.errors import CheckpointError, DataError, TrainingDiverged
 from gpunn.instrument import annotate_nvtx
@@ -112,61 +112,6 @@ _FIELD_RULES = (
      "an integer in [0, 2^63)"),
     ("eval_batch_size", COUNT.ok, "a positive integer"),
 )
-
-
-def _field(name, value, ok, what):
-    if not ok(value):
-        raise ValueError(f"{name} must be {what}, got {str(value)[:80] if isinstance(value, str) else repr(value)[:80]}")
-    return value
-
-
-def check_position(meta, steps_per_epoch, batch_size, data, in_features, num_classes):
-    """``(epoch, step, history, partial)`` of a checkpoint's metadata, each field checked against
-    the run it would continue; ValueError naming the first field that is wrong.
-
-    ``epoch`` finished epochs, each with its ``history`` record; ``step`` in
-    ``[0, steps_per_epoch]``; ``partial`` (the stopped epoch's sums so far) present exactly when
-    ``step`` > 0 and consistent with it; ``data`` (when saved) this run's training data."""
-    epoch = _field("epoch", meta.get("epoch", 0), lambda v: is_integer(v) and v >= 0, "a non-negative integer")
-    step = _field("step", meta.get("step", 0), lambda v: is_integer(v) and 0 <= v <= steps_per_epoch,
-                  f"an integer in [0, {steps_per_epoch}] (the steps of an epoch)")
-    for name, here in (("in_features", in_features), ("num_classes", num_classes)):
-        if name in meta:
-            _field(name, meta[name], lambda v, here=here: is_integer(v) and v == here, f"{here} (this run's)")
-    saved = meta.get("data")
-    if saved is not None:
-        if not (isinstance(saved, dict) and set(saved) == set(data) and all(is_integer(v) for v in saved.values())):
-            raise ValueError(f"data must be a record of {', '.join(data)} (integers), got {str(saved)[:80]}")
-        if saved != data:
-            raise ValueError(f"data: the run was trained on {saved['train_samples']:,} examples"
-                             f"{'' if saved['train_samples'] != data['train_samples'] else ' with other labels'}; "
-                             f"this data set has {data['train_samples']:,}: resume with the same data (and --train-samples)")
-    history = meta.get("history", [])
-    if not isinstance(history, list) or len(history) != epoch:
-        raise ValueError(f"history must list the {epoch} finished epochs, got {str(history)[:80]}")
-    fields = [f.name for f in dataclasses.fields(EpochStats)]
-    stats = []
-    for i, h in enumerate(history):
-        if not isinstance(h, dict) or sorted(h) != sorted(fields):
-            raise ValueError(f"history[{i}] must be a record of {', '.join(fields)}, got {str(h)[:80]}")
-        _field(f"history[{i}].epoch", h["epoch"], lambda v, i=i: is_integer(v) and v == i + 1, str(i + 1))
-        for name in fields[1:]:
-            _field(f"history[{i}].{name}", h[name], is_finite_real, "a finite number")
-        stats.append(EpochStats(**h))
-    partial = meta.get("partial")
-    if step == 0:
-        _field("partial", partial, lambda v: v is None, "null at the start of an epoch")
-        return epoch, step, stats, {"loss_sum": 0.0, "correct": 0, "seconds": 0.0, "seen": 0}
-    if not isinstance(partial, dict) or sorted(partial) != ["correct", "loss_sum", "seconds", "seen"]:
-        raise ValueError(f"partial must be a record of loss_sum, correct, seconds, seen after step {step}, "
-                         f"got {str(partial)[:80]}")
-    seen = _field("partial.seen", partial["seen"], lambda v: is_integer(v) and v == min(step * batch_size, data["train_samples"]),
-                  f"{min(step * batch_size, data['train_samples'])} (the samples of {step} steps)")
-    _field("partial.correct", partial["correct"], lambda v: is_integer(v) and 0 <= v <= seen, f"an integer in [0, {seen}]")
-    _field("partial.loss_sum", partial["loss_sum"], lambda v: is_finite_real(v) and v >= 0, "a finite number >= 0")
-    _field("partial.seconds", partial["seconds"], lambda v: is_finite_real(v) and v >= 0, "a finite number >= 0")
-    return epoch, step, stats, {"loss_sum": float(partial["loss_sum"]), "correct": int(partial["correct"]),
-                                "seconds": float(partial["seconds"]), "seen": int(seen)}
 
 
 def build_model(cfg: TrainConfig, in_features: int, num_classes: int, backend):
@@ -359,15 +304,17 @@ class Trainer:
 
     def restore(self, path):
         """Continue the run saved at ``path``: its weights, velocities and position, every field
-        checked first (a checkpoint is untrusted input: see :func:`check_position`)."""
+        checked first (a checkpoint is untrusted input: see :func:`gpunn.checkpoint.check_position`)."""
         meta = checkpoint.read_meta(path)
         try:
-            position = check_position(meta, self.steps_per_epoch, self.cfg.batch_size, self.data_identity(),
-                                      self.in_features, self.num_classes)
+            position = checkpoint.check_position(meta, self.steps_per_epoch, self.cfg.batch_size,
+                                                 self.data_identity(), self.in_features, self.num_classes,
+                                                 [f.name for f in dataclasses.fields(EpochStats)])
         except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         meta = checkpoint.restore(path, self.model, self.optimizer)
-        self.epoch, self.step, self.history, partial = position
+        self.epoch, self.step, history, partial = position
+        self.history = [EpochStats(**h) for h in history]
         self._loss_sum[...] = partial["loss_sum"]
         self._correct[...] = partial["correct"]
         self._epoch_progress = (partial["seconds"], partial["seen"])

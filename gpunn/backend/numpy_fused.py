@@ -33,13 +33,17 @@ The registry, not the user, picks this path: ``get_backend("numpy")`` builds
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import types
+from pathlib import Path
 
 import numpy as np
 from numba import config as numba_config
 from numba import njit
 
 from gpunn.backend.numpy_backend import NumpyBackend
+from gpunn.kernels import activations
 from gpunn.kernels.activations import ACTIVATIONS, compiled_forms
 
 # cache=True: compiled once per machine (in __pycache__), loaded in milliseconds after
@@ -68,26 +72,36 @@ def sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov):
         param[i] = p - g * lr
 
 
-def _bias_act_loop(forward):
-    """out (N,D) = f(x + bias), one pass, for the record's compiled ``forward``; out may be x."""
-    @njit(nogil=True)
-    def loop(x, bias, out):
-        n, d = x.shape
-        for i in range(n):
-            for j in range(d):
-                out[i, j] = forward(x[i, j] + bias[j])
-    return loop
+def _bias_act_loop(x, bias, out):
+    """out (N,D) = f(x + bias), one pass; ``f`` is the global ``formula`` its copy binds (see
+    :func:`_bound_loop`); out may be x."""
+    n, d = x.shape
+    for i in range(n):
+        for j in range(d):
+            out[i, j] = formula(x[i, j] + bias[j])  # noqa: F821 - bound per activation
 
 
-def _backward_loop(backward):
-    """out (N,D) = backward(dy, s) = dy * f'(s), one pass; out may be dy."""
-    @njit(nogil=True)
-    def loop(s, dy, out):
-        n, d = s.shape
-        for i in range(n):
-            for j in range(d):
-                out[i, j] = backward(dy[i, j], s[i, j])
-    return loop
+def _backward_loop(s, dy, out):
+    """out (N,D) = formula(dy, s) = dy * f'(s), one pass; out may be dy."""
+    n, d = s.shape
+    for i in range(n):
+        for j in range(d):
+            out[i, j] = formula(dy[i, j], s[i, j])  # noqa: F821 - bound per activation
+
+
+# Numba's on-disk cache knows only the file a function is in, not the files of what it calls:
+# the loops' cache names carry a digest of the records' file, so an edited formula is recompiled.
+_RECORDS_DIGEST = hashlib.sha256(Path(activations.__file__).read_bytes()).hexdigest()[:12]
+
+
+def _bound_loop(loop, formula, name):
+    """``loop``'s code with ``formula`` as its global, compiled and cached under a name of its own
+    (Numba's on-disk cache is keyed by the function's qualified name: one file per activation
+    and version of kernels/activations.py)."""
+    name = f"{name}_{_RECORDS_DIGEST}"
+    fn = types.FunctionType(loop.__code__, {**loop.__globals__, "formula": formula}, name)
+    fn.__qualname__ = name
+    return _jit(fn)
 
 
 # ---------------------------------------------------------------------------- per row
@@ -165,9 +179,11 @@ def _plain(formula) -> bool:
     return "tanh" not in formula.__code__.co_names
 
 
-_FORMS = compiled_forms(njit(nogil=True))
-_BIAS_ACT = {name: _bias_act_loop(_FORMS[name][0]) for name, a in ACTIVATIONS.items() if _plain(a.forward)}
-_BACKWARD = {name: _backward_loop(_FORMS[name][1]) for name, a in ACTIVATIONS.items() if _plain(a.backward)}
+_FORMS = compiled_forms(_jit)
+_BIAS_ACT = {name: _bound_loop(_bias_act_loop, _FORMS[name][0], f"bias_{name}")
+             for name, a in ACTIVATIONS.items() if _plain(a.forward)}
+_BACKWARD = {name: _bound_loop(_backward_loop, _FORMS[name][1], f"{name}_backward")
+             for name, a in ACTIVATIONS.items() if _plain(a.backward)}
 
 
 def jit_enabled() -> bool:

@@ -85,7 +85,7 @@ class BenchKernel:
 
     def cost(self, arrays, options) -> ops.Cost:
         """FLOPs and bytes of one call on these arrays (the op record's formula)."""
-        return ops.OPS[self.op].cost(*self.args(arrays, options))
+        return ops.OPS[self.op].cost_of(*self.args(arrays, options))
 
 
 def _row_size(text, rows):

@@ -31,7 +31,7 @@ from gpunn.backend.ops import Cost
 def call_cost(op, *args, **kwargs) -> tuple[Cost, str]:
     """``(Cost, variant)`` of one call ``backend.<op>(*args, **kwargs)``, from the op's record."""
     record = ops.OPS[op]
-    return record.cost(*args, **kwargs), record.variant(*args, **kwargs)
+    return record.cost_of(*args, **kwargs), record.variant_of(*args, **kwargs)
 
 
 def call_shapes(*args, **kwargs) -> tuple:
@@ -199,7 +199,7 @@ class OpRecorder:
     def __enter__(self):
         be = self.backend
         self._saved = be.unchecked
-        be.unchecked = Unchecked({name: self._wrap(name, getattr(self._saved, name)) for name in ops.OPS})
+        be.unchecked = Unchecked.wrapping(self._saved, self._wrap)
         hooks = getattr(be, "launch_hooks", None)
         if hooks is not None:
             hooks.insert(0, self._on_launch)

@@ -16,7 +16,6 @@ class Loss:
     them once themselves, as the trainer does for its data set."""
 
     name = "loss"  # its word on the command line (--loss) and in configurations
-    _op = None  # its op's name (the record in gpunn.backend.ops.OPS)
 
     def __init__(self, backend, check_labels=True):
         self.backend = backend
@@ -37,8 +36,12 @@ class Loss:
             self._grad = be.empty(out.shape)
         grad = self._grad[:n]
         # checked above; the gradient buffer is ours: the unchecked implementation
-        getattr(be.unchecked, self._op)(out, labels, grad, loss, accumulate)
+        self._run(be.unchecked, out, labels, grad, loss, accumulate)
         return grad
+
+    def _run(self, ops, out, labels, grad, loss, accumulate):
+        """The loss's op (``ops`` is the backend's ``unchecked``)."""
+        raise NotImplementedError
 
 
 class SoftmaxCrossEntropy(Loss):
@@ -47,14 +50,18 @@ class SoftmaxCrossEntropy(Loss):
     Takes *logits*: the softmax is fused in, which is both faster and stable."""
 
     name = "cross-entropy"
-    _op = "softmax_cross_entropy"
+
+    def _run(self, ops, out, labels, grad, loss, accumulate):
+        ops.softmax_cross_entropy(out, labels, grad, loss, accumulate=accumulate)
 
 
 class MSE(Loss):
     """The primer's quadratic cost ``C = 1/(2N) Σ ‖y − onehot‖²``; grad ``(y − onehot)/N``."""
 
     name = "mse"
-    _op = "mse"
+
+    def _run(self, ops, out, labels, grad, loss, accumulate):
+        ops.mse(out, labels, grad, loss, accumulate=accumulate)
 
 
 #: The losses by their command-line word: the one place a word differs from its op's name

@@ -58,9 +58,10 @@ class SGD:
         only the shape and dtype are: its value is on the device."""
         lr = self.lr if lr is None else rate("SGD.step", self.backend, lr)
         self.backend.join()  # every gradient a branch computed is complete (see Backend.branch)
-        update = self.backend.unchecked.sgd_update
+        ops = self.backend.unchecked
         for p, g, v in self._steps:
-            update(p, g, v, lr, self.momentum, self.weight_decay, self.nesterov)
+            ops.sgd_update(p, g, v, lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                           nesterov=self.nesterov)
 
     def state(self) -> dict:
         """The optimizer's state to checkpoint, by name: one array per parameter (None where that

@@ -10,14 +10,18 @@ the fixed op set of :mod:`gpunn.backend.ops`.  For each op it has
   losses, the optimizer, the trainer): the implementation alone.  Both reach the
   implementations only through ``backend.unchecked``, the one place a profiler hooks.
 
-Backends override only the ``_op`` methods (every argument positionally, in the
-order of the op's record); the NumPy backend's versions are the readable definition
-of what each op means.
+Both are written out below, one method per op, each taking the op record's arguments
+(``gemm(a, b, out, trans_a=False, trans_b=False, accumulate=False)``); library call
+sites name the flags (``trans_a=True``).  Backends define only the ``_op`` methods
+(every argument positionally, in the order of the op's record); the NumPy backend's
+versions are the readable definition of what each op means.  A test holds every one
+of these signatures to its record's, so the argument list has one home: the record.
 """
 from __future__ import annotations
 
 import abc
 import contextlib
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -28,11 +32,20 @@ from gpunn.errors import GraphUnavailable
 _IN_ORDER = contextlib.nullcontext()  # Backend.branch() where nothing overlaps
 
 
+def _documented(op):
+    """Give the decorated checked method the op record's docstring (what the op computes)."""
+
+    def document(method):
+        method.__doc__ = op.doc
+        return method
+
+    return document
+
+
 class Backend(abc.ABC):
     """One device's memory and the op set.  Subclasses implement the ``_op`` methods.
 
-    The checked op methods (``gemm``, ``bias_act``, ...) and the abstract ``_op`` methods
-    are made from the op records below the class."""
+    A subclass that lacks an ``_op`` method cannot be instantiated (TypeError naming it)."""
 
     #: registry name ("numpy", "cuda")
     name: str = "abstract"
@@ -92,62 +105,144 @@ class Backend(abc.ABC):
         return self.name
 
     # ------------------------------------------------------------------ ops
-    #: This backend's op implementations without the argument checks, made once per instance.
-    #: ``be.unchecked.gemm(a, b, out, trans_a=False, trans_b=False, accumulate=False)``: every
-    #: argument of the op, by position or by the record's names (every backend's implementation
-    #: has them); no shape, dtype or label check, no synchronisation.  For callers that know
-    #: their arguments are right: the layers, losses, optimizer and trainer, which check their
-    #: buffers and data once.  The checked methods (``be.gemm(...)``) check and
-    #: then call through here too, so this is the one place a profiler hooks.
+    #: This backend's op implementations without the argument checks (an :class:`Unchecked`).
+    #: ``be.unchecked.gemm(x, W, out, trans_a=False, trans_b=False, accumulate=False)``: no
+    #: shape, dtype or label check, no synchronisation.  For callers that know their arguments
+    #: are right: the layers, losses, optimizer and trainer, which check their buffers and data
+    #: once.  The checked methods below check and then call through here too, so this is the one
+    #: place a profiler hooks (it swaps in an ``Unchecked`` over wrapped implementations).
     unchecked: Unchecked
 
     def __new__(cls, *args, **kwargs):
+        missing = [f"_{name}" for name in OPS if not callable(getattr(cls, "_" + name, None))]
+        if missing:
+            raise TypeError(f"{cls.__name__} lacks the op implementations {', '.join(missing)}")
         self = super().__new__(cls)
         # a plain attribute, whatever a subclass's __init__ does: the hot path's cheapest lookup
-        self.unchecked = Unchecked({name: getattr(self, "_" + name) for name in OPS})
+        self.unchecked = Unchecked(self)
         return self
+
+    # The checked ops: the record's checks (gpunn.backend.ops: shapes, dtypes, contiguity, label
+    # range), then the implementation.  Each takes the record's arguments, in its order.
+
+    @_documented(OPS["gemm"])
+    def gemm(self, a, b, out, trans_a=False, trans_b=False, accumulate=False):
+        self.unchecked.gemm(*OPS["gemm"].check(self, a, b, out, trans_a, trans_b, accumulate))
+
+    @_documented(OPS["bias_act"])
+    def bias_act(self, x, bias, act, out):
+        self.unchecked.bias_act(*OPS["bias_act"].check(self, x, bias, act, out))
+
+    @_documented(OPS["act_backward"])
+    def act_backward(self, s, dy, act, out):
+        self.unchecked.act_backward(*OPS["act_backward"].check(self, s, dy, act, out))
+
+    @_documented(OPS["bias_grad"])
+    def bias_grad(self, dy, out):
+        self.unchecked.bias_grad(*OPS["bias_grad"].check(self, dy, out))
+
+    @_documented(OPS["act_bias_backward"])
+    def act_bias_backward(self, s, dy, act, dz, db):
+        self.unchecked.act_bias_backward(*OPS["act_bias_backward"].check(self, s, dy, act, dz, db))
+
+    @_documented(OPS["softmax"])
+    def softmax(self, x, out):
+        self.unchecked.softmax(*OPS["softmax"].check(self, x, out))
+
+    @_documented(OPS["softmax_backward"])
+    def softmax_backward(self, y, dy, out):
+        self.unchecked.softmax_backward(*OPS["softmax_backward"].check(self, y, dy, out))
+
+    @_documented(OPS["softmax_cross_entropy"])
+    def softmax_cross_entropy(self, logits, labels, grad, loss, accumulate=False):
+        self.unchecked.softmax_cross_entropy(
+            *OPS["softmax_cross_entropy"].check(self, logits, labels, grad, loss, accumulate))
+
+    @_documented(OPS["mse"])
+    def mse(self, y, labels, grad, loss, accumulate=False):
+        self.unchecked.mse(*OPS["mse"].check(self, y, labels, grad, loss, accumulate))
+
+    @_documented(OPS["sgd_update"])
+    def sgd_update(self, param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+        self.unchecked.sgd_update(
+            *OPS["sgd_update"].check(self, param, grad, velocity, lr, momentum, weight_decay, nesterov))
+
+    @_documented(OPS["count_correct"])
+    def count_correct(self, scores, labels, out):
+        self.unchecked.count_correct(*OPS["count_correct"].check(self, scores, labels, out))
+
+    @_documented(OPS["gather_batch"])
+    def gather_batch(self, x, labels, order, cursor, xb, yb):
+        self.unchecked.gather_batch(*OPS["gather_batch"].check(self, x, labels, order, cursor, xb, yb))
+
+    @_documented(OPS["advance_step"])
+    def advance_step(self, cursor, stride, lr_table, lr):
+        self.unchecked.advance_step(*OPS["advance_step"].check(self, cursor, stride, lr_table, lr))
+
+    # The implementations a backend defines, one ``_op`` per op taking every argument of the
+    # record positionally (``_gemm(self, a, b, out, trans_a, trans_b, accumulate)``): the NumPy
+    # backend's are the readable definition of each op.  Instantiating a backend that lacks one
+    # raises TypeError, naming it.
 
 
 class Unchecked:
-    """One attribute per op of :data:`~gpunn.backend.ops.OPS`: the implementation to call."""
+    """The op implementations of one backend, without checks: ``backend.unchecked.<op>(...)``.
 
-    __slots__ = tuple(OPS)
+    Each method takes the op's arguments as the checked method does (by position or by the
+    record's names, flags defaulting the same way) and calls ``impl._<op>`` with every one of
+    them in order.  ``impl`` is the backend, or anything with the same ``_op`` methods (a
+    profiler's wrapped implementations: :meth:`wrapping`)."""
 
-    def __init__(self, implementations):
-        for name in OPS:
-            setattr(self, name, implementations[name])
+    __slots__ = ("impl",)
+
+    def __init__(self, impl):
+        self.impl = impl
+
+    @classmethod
+    def wrapping(cls, unchecked: Unchecked, wrap) -> Unchecked:
+        """An ``Unchecked`` whose op ``name`` calls ``wrap(name, implementation)`` instead of the
+        implementation ``unchecked`` calls (the profiler's and the graph recorder's hook)."""
+        return cls(SimpleNamespace(**{f"_{name}": wrap(name, getattr(unchecked.impl, "_" + name))
+                                      for name in OPS}))
+
+    def gemm(self, a, b, out, trans_a=False, trans_b=False, accumulate=False):
+        self.impl._gemm(a, b, out, trans_a, trans_b, accumulate)
+
+    def bias_act(self, x, bias, act, out):
+        self.impl._bias_act(x, bias, act, out)
+
+    def act_backward(self, s, dy, act, out):
+        self.impl._act_backward(s, dy, act, out)
+
+    def bias_grad(self, dy, out):
+        self.impl._bias_grad(dy, out)
+
+    def act_bias_backward(self, s, dy, act, dz, db):
+        self.impl._act_bias_backward(s, dy, act, dz, db)
+
+    def softmax(self, x, out):
+        self.impl._softmax(x, out)
+
+    def softmax_backward(self, y, dy, out):
+        self.impl._softmax_backward(y, dy, out)
+
+    def softmax_cross_entropy(self, logits, labels, grad, loss, accumulate=False):
+        self.impl._softmax_cross_entropy(logits, labels, grad, loss, accumulate)
+
+    def mse(self, y, labels, grad, loss, accumulate=False):
+        self.impl._mse(y, labels, grad, loss, accumulate)
+
+    def sgd_update(self, param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+        self.impl._sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov)
+
+    def count_correct(self, scores, labels, out):
+        self.impl._count_correct(scores, labels, out)
+
+    def gather_batch(self, x, labels, order, cursor, xb, yb):
+        self.impl._gather_batch(x, labels, order, cursor, xb, yb)
+
+    def advance_step(self, cursor, stride, lr_table, lr):
+        self.impl._advance_step(cursor, stride, lr_table, lr)
 
     def __repr__(self):
-        return f"<unchecked ops: {', '.join(OPS)}>"
-
-
-def _checked(op):
-    """``backend.<op>(...)``: the op's checks from its record, then its implementation."""
-    name, check = op.name, op.check
-
-    def method(self, *args, **kwargs):
-        getattr(self.unchecked, name)(*check(self, *args, **kwargs))
-
-    method.__name__, method.__qualname__ = name, f"Backend.{name}"
-    method.__doc__, method.__signature__ = op.doc, op.signature
-    return method
-
-
-def _implementation(op):
-    """The abstract ``_op`` method a backend overrides, taking every argument positionally."""
-
-    @abc.abstractmethod
-    def implementation(self, *args):
-        raise NotImplementedError
-
-    implementation.__name__, implementation.__qualname__ = f"_{op.name}", f"Backend._{op.name}"
-    implementation.__doc__ = f"{op.name}({', '.join(op.args)}) without checks: {op.meaning}"
-    return implementation
-
-
-# Each op of the contract becomes a checked public method and an abstract implementation.
-for _op in OPS.values():
-    setattr(Backend, _op.name, _checked(_op))
-    setattr(Backend, "_" + _op.name, _implementation(_op))
-abc.update_abstractmethods(Backend)
-del _op
+        return f"<unchecked ops of {self.impl!r}>"

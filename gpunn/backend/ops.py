@@ -159,17 +159,20 @@ class Op:
 
     ``check(backend, *args, **kwargs)`` checks a call's arguments (raising ShapeError or
     ValueError naming the op and the argument) and returns them as the implementation takes
-    them: every one of ``args``, in order, positionally.  Its signature, less ``backend``, and
-    its docstring are the checked method's (``backend.<name>``).  ``cost`` and ``variant`` take
-    the same arguments: the FLOPs and bytes of that one call (the shape-based formulas above),
-    and the arguments that are not shapes, in words ("relu", "NT", "nesterov m=0.9")."""
+    them: every one of ``args``, in order, positionally.  Its signature, less ``backend``, is the
+    op's argument list, written once: the backends' methods take exactly these parameters (a
+    test holds them to it), and its docstring is the checked method's.  ``cost`` and ``variant``
+    take the arguments *by name* (each formula names only those it reads, ``**_`` the rest): the
+    FLOPs and bytes of that one call (the shape-based formulas above), and the arguments that
+    are not shapes, in words ("relu", "NT", "nesterov m=0.9").  Call them through
+    :meth:`cost_of` and :meth:`variant_of`, which take a call's arguments as the op does."""
 
     name: str
     args: tuple  # the parameter names, in order, as the public method takes them
     meaning: str  # one line
     check: Callable  # (backend, *args, **kwargs) -> tuple of every argument, in order
-    cost: Callable  # (*args, **kwargs) -> Cost
-    variant: Callable  # (*args, **kwargs) -> str
+    cost: Callable  # (**named arguments) -> Cost
+    variant: Callable  # (**named arguments) -> str
 
     @property
     def word(self) -> str:
@@ -180,6 +183,20 @@ class Op:
     def doc(self) -> str:
         """What the op computes, its shapes and dtypes: the checked method's docstring."""
         return inspect.getdoc(self.check) or ""
+
+    def bind(self, *args, **kwargs) -> dict:
+        """A call's arguments by name, defaults filled in (as the op would see them)."""
+        bound = inspect.signature(self.check).bind(None, *args, **kwargs)
+        bound.apply_defaults()
+        return dict(list(bound.arguments.items())[1:])
+
+    def cost_of(self, *args, **kwargs) -> Cost:
+        """FLOPs and bytes of the call ``backend.<op>(*args, **kwargs)``."""
+        return self.cost(**self.bind(*args, **kwargs))
+
+    def variant_of(self, *args, **kwargs) -> str:
+        """The call's non-shape arguments in words."""
+        return self.variant(**self.bind(*args, **kwargs))
 
     @property
     def signature(self) -> inspect.Signature:
@@ -193,7 +210,7 @@ OPS: dict[str, Op] = {}
 """Every op of the contract, by name, in the order a backend implements them."""
 
 
-def _no_variant(*args, **kwargs) -> str:
+def _no_variant(**_) -> str:
     return ""
 
 
@@ -210,11 +227,11 @@ def _op(cost, variant=_no_variant):
     return record
 
 
-def _trans(a, b, out, trans_a=False, trans_b=False, accumulate=False):
+def _trans(trans_a, trans_b, accumulate, **_):
     return ("T" if trans_a else "N") + ("T" if trans_b else "N") + (" +=" if accumulate else "")
 
 
-@_op(cost=lambda a, b, out, trans_a=False, trans_b=False, accumulate=False: gemm_cost(
+@_op(cost=lambda a, out, trans_a, accumulate, **_: gemm_cost(
          out.shape[0], out.shape[1], a.shape[0] if trans_a else a.shape[1], bool(accumulate)),
      variant=_trans)
 def gemm(backend, a, b, out, trans_a=False, trans_b=False, accumulate=False):
@@ -232,8 +249,8 @@ def gemm(backend, a, b, out, trans_a=False, trans_b=False, accumulate=False):
     return a, b, out, trans_a, trans_b, accumulate
 
 
-@_op(cost=lambda x, bias, act, out: bias_act_cost(*x.shape, act, bias is not None),
-     variant=lambda x, bias, act, out: act if bias is not None else f"{act}, no bias")
+@_op(cost=lambda x, bias, act, **_: bias_act_cost(*x.shape, act, bias is not None),
+     variant=lambda bias, act, **_: act if bias is not None else f"{act}, no bias")
 def bias_act(backend, x, bias, act, out):
     """``out = act(x + bias)``, x/out (N,D), bias (D,) or None; out may be x."""
     _check_act("bias_act", act)
@@ -244,7 +261,7 @@ def bias_act(backend, x, bias, act, out):
     return x, bias, act, out
 
 
-@_op(cost=lambda s, dy, act, out: act_backward_cost(*s.shape, act), variant=lambda s, dy, act, out: act)
+@_op(cost=lambda s, act, **_: act_backward_cost(*s.shape, act), variant=lambda act, **_: act)
 def act_backward(backend, s, dy, act, out):
     """``out = dy * act'(·)`` written with ``s``, what the activation's record says its derivative
     needs (``grad_from``): the saved *output* y = act(z) (relu: dy*(y>0); sigmoid: dy*y*(1-y);
@@ -256,7 +273,7 @@ def act_backward(backend, s, dy, act, out):
     return s, dy, act, out
 
 
-@_op(cost=lambda dy, out: bias_grad_cost(*dy.shape))
+@_op(cost=lambda dy, **_: bias_grad_cost(*dy.shape))
 def bias_grad(backend, dy, out):
     """``out (D,) = dy (N,D) summed over rows`` (a column reduction)."""
     array("bias_grad", "dy", dy, ndim=2, dtype=backend.dtype, backend=backend)
@@ -264,7 +281,7 @@ def bias_grad(backend, dy, out):
     return dy, out
 
 
-@_op(cost=lambda s, dy, act, dz, db: act_bias_backward_cost(*s.shape, act), variant=lambda s, dy, act, dz, db: act)
+@_op(cost=lambda s, act, **_: act_bias_backward_cost(*s.shape, act), variant=lambda act, **_: act)
 def act_bias_backward(backend, s, dy, act, dz, db):
     """A dense layer's backward through its activation and bias, fused:
     ``dz = dy * act'(·)`` (as ``act_backward``) and ``db = dz`` summed over rows (as ``bias_grad``).
@@ -279,7 +296,7 @@ def act_bias_backward(backend, s, dy, act, dz, db):
     return s, dy, act, dz, db
 
 
-@_op(cost=lambda x, out: softmax_cost(*x.shape))
+@_op(cost=lambda x, **_: softmax_cost(*x.shape))
 def softmax(backend, x, out):
     """Row-wise ``out = exp(x - max) / sum(exp(x - max))``, (N,C); out may be x."""
     array("softmax", "x", x, ndim=2, dtype=backend.dtype, backend=backend)
@@ -287,7 +304,7 @@ def softmax(backend, x, out):
     return x, out
 
 
-@_op(cost=lambda y, dy, out: softmax_backward_cost(*y.shape))
+@_op(cost=lambda y, **_: softmax_backward_cost(*y.shape))
 def softmax_backward(backend, y, dy, out):
     """``out = y * (dy - rowsum(dy * y))`` with y = softmax output; out may be dy."""
     array("softmax_backward", "y", y, ndim=2, dtype=backend.dtype, backend=backend)
@@ -296,7 +313,7 @@ def softmax_backward(backend, y, dy, out):
     return y, dy, out
 
 
-@_op(cost=lambda logits, labels, grad, loss, accumulate=False: softmax_cross_entropy_cost(*logits.shape))
+@_op(cost=lambda logits, **_: softmax_cross_entropy_cost(*logits.shape))
 def softmax_cross_entropy(backend, logits, labels, grad, loss, accumulate=False):
     """Fused softmax + cross-entropy on logits (N,C) and int32 labels (N,).
 
@@ -307,7 +324,7 @@ def softmax_cross_entropy(backend, logits, labels, grad, loss, accumulate=False)
     return logits, labels, grad, loss, accumulate
 
 
-@_op(cost=lambda y, labels, grad, loss, accumulate=False: mse_cost(*y.shape))
+@_op(cost=lambda y, **_: mse_cost(*y.shape))
 def mse(backend, y, labels, grad, loss, accumulate=False):
     """Quadratic cost against one-hot targets, y (N,C), int32 labels (N,).
 
@@ -317,14 +334,14 @@ def mse(backend, y, labels, grad, loss, accumulate=False):
     return y, labels, grad, loss, accumulate
 
 
-def _sgd_variant(param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+def _sgd_variant(momentum, weight_decay, nesterov, **_):
     parts = [("nesterov " if nesterov else "") + f"m={momentum:g}" if momentum else "plain"]
     if weight_decay:
         parts.append(f"wd={weight_decay:g}")
     return ", ".join(parts)
 
 
-@_op(cost=lambda param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False: sgd_update_cost(
+@_op(cost=lambda param, momentum, weight_decay, nesterov, **_: sgd_update_cost(
          int(np.prod(param.shape)), momentum, weight_decay, nesterov),
      variant=_sgd_variant)
 def sgd_update(backend, param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
@@ -345,7 +362,7 @@ def sgd_update(backend, param, grad, velocity, lr, momentum=0.0, weight_decay=0.
     return param, grad, velocity, rate("sgd_update", backend, lr), momentum, weight_decay, bool(nesterov)
 
 
-@_op(cost=lambda scores, labels, out: count_correct_cost(*scores.shape))
+@_op(cost=lambda scores, **_: count_correct_cost(*scores.shape))
 def count_correct(backend, scores, labels, out):
     """``out[0] += number of rows whose argmax (first on ties) equals the label``.
 
@@ -357,7 +374,7 @@ def count_correct(backend, scores, labels, out):
     return scores, labels, out
 
 
-@_op(cost=lambda x, labels, order, cursor, xb, yb: gather_batch_cost(*xb.shape))
+@_op(cost=lambda xb, **_: gather_batch_cost(*xb.shape))
 def gather_batch(backend, x, labels, order, cursor, xb, yb):
     """The batch at the cursor: ``xb[i] = x[order[c + i]]``, ``yb[i] = labels[order[c + i]]``.
 
@@ -388,7 +405,7 @@ def gather_batch(backend, x, labels, order, cursor, xb, yb):
     return x, labels, order, cursor, xb, yb
 
 
-@_op(cost=lambda cursor, stride, lr_table, lr: advance_step_cost())
+@_op(cost=lambda **_: advance_step_cost())
 def advance_step(backend, cursor, stride, lr_table, lr):
     """Move on to the next step, on the device: ``cursor[0] += stride``, ``cursor[1] += 1``,
     ``lr[0] = lr_table[min(cursor[1], len(lr_table) - 1)]``.

@@ -65,19 +65,24 @@ class BenchKernel:
     dims: str  # the size's form, for help and errors: "ROWSxCOLS", "P", "MxNxK"
     sizes: tuple  # defaults
     sim_sizes: tuple  # defaults in the CUDA simulator (which runs kernels as Python threads)
-    make: Callable  # (size, rng, options) -> dict of float32/int32 host arrays
-    args: Callable  # (arrays, options) -> the op's arguments, in order
+    make: Callable  # (size, rng, options) -> {argument name: float32/int32 host array}
     outputs: tuple  # names of the arrays the op writes
     builtin_name: str | None = None
     builtin: Callable | None = None  # (cupy, arrays, options) -> None, writing the outputs
     rtol: float = 1e-4
     atol: Callable = lambda size: 1e-5  # noqa: E731
+    scalars: Callable = lambda options: {}  # noqa: E731  (options) -> {argument name: value}; others default
     run: Callable | None = None  # (backend, arrays, options) -> None; default: backend.<op>(*args)
 
     def __post_init__(self):
         if self.run is None:
             checked = self.op
             object.__setattr__(self, "run", lambda be, a, o: getattr(be, checked)(*self.args(a, o)))
+
+    def args(self, arrays, options) -> tuple:
+        """The op's arguments in its record's order: the arrays and scalars by their names in the
+        record, the rest at the record's defaults."""
+        return tuple(ops.OPS[self.op].bind(**self.scalars(options), **arrays).values())
 
     @property
     def name(self) -> str:
@@ -111,9 +116,9 @@ def parse_size(kernel: BenchKernel, text: str, rows: int = 4096) -> tuple:
     """``"4096x10"`` (or ``"10"``, with ``rows`` rows) for the row kernels; ``"1e6"`` for sgd-update;
     ``"128x512x784"`` (M x N x K) or ``"1024"`` (square) for gemm."""
     text = text.strip()
-    if kernel.op == "sgd_update":
+    if kernel.dims == "P":
         return (_positive(text, text),)
-    if kernel.op == "gemm":
+    if kernel.dims == "MxNxK":
         parts = text.lower().split("x")
         if len(parts) == 1:
             return (_positive(parts[0], text),) * 3
@@ -205,21 +210,18 @@ def _cupy_gemm(cp, a, _):
 
 #: The benchmarks, by command-line name (each op's word: ``softmax-cross-entropy``, ``sgd-update``).
 KERNELS = {k.name: k for k in (
-    BenchKernel("softmax", "GB/s", "ROWSxCOLS", ROW_SIZES, SIM_ROW_SIZES, _logits, lambda a, _: (a["x"], a["out"]),
-                ("out",), "cupy", _cupy_softmax),
+    BenchKernel("softmax", "GB/s", "ROWSxCOLS", ROW_SIZES, SIM_ROW_SIZES, _logits, ("out",), "cupy", _cupy_softmax),
     BenchKernel("softmax_cross_entropy", "GB/s", "ROWSxCOLS", ROW_SIZES, SIM_ROW_SIZES, _xent,
-                lambda a, _: (a["logits"], a["labels"], a["grad"], a["loss"]),
                 ("grad", "loss"), "cupy (unfused)", _cupy_xent),
-    BenchKernel("bias_act", "GB/s", "ROWSxCOLS", ROW_SIZES, SIM_ROW_SIZES, _bias_act,
-                lambda a, o: (a["x"], a["bias"], o["act"], a["out"]), ("out",), "cupy", _cupy_bias_act),
+    BenchKernel("bias_act", "GB/s", "ROWSxCOLS", ROW_SIZES, SIM_ROW_SIZES, _bias_act, ("out",), "cupy",
+                _cupy_bias_act, scalars=lambda o: {"act": o["act"]}),
     BenchKernel("sgd_update", "GB/s", "P", ((7840,), (100_000,), (401_408,), (1_000_000,), (4_000_000,),
                                            (16_000_000,)), ((300,), (1000,)), _sgd,
-                lambda a, o: (a["param"], a["grad"], a["velocity"], o["lr"], o["momentum"], 0.0, o["momentum"] > 0),
-                ("param", "velocity"), "cupy (unfused)", _cupy_sgd),
+                ("param", "velocity"), "cupy (unfused)", _cupy_sgd,
+                scalars=lambda o: {"lr": o["lr"], "momentum": o["momentum"], "nesterov": o["momentum"] > 0}),
     BenchKernel("gemm", "GFLOP/s", "MxNxK", ((128, 512, 784), (256, 256, 256), (512, 512, 512),
                                             (1024, 1024, 1024), (2048, 2048, 2048)),
-                ((5, 7, 23), (33, 17, 40)), _gemm, lambda a, _: (a["a"], a["b"], a["out"]), ("out",),
-                "cuBLAS", _cupy_gemm, atol=lambda size: 2e-6 * size[2]),
+                ((5, 7, 23), (33, 17, 40)), _gemm, ("out",), "cuBLAS", _cupy_gemm, atol=lambda size: 2e-6 * size[2]),
 )}
 
 

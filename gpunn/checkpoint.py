@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +246,25 @@ def _field(name, value, ok, what):
     if not ok(value):
         raise ValueError(f"{name} must be {what}, got {str(value)[:80] if isinstance(value, str) else repr(value)[:80]}")
     return value
+
+
+def data_identity(train_labels) -> dict:
+    """What a resumed run must train on: the same examples (their number and their labels' CRC-32),
+    hence the same batches."""
+    labels = np.ascontiguousarray(train_labels, np.int32)
+    return {"train_samples": int(labels.shape[0]), "train_labels_crc32": zlib.crc32(labels.tobytes())}
+
+
+def run_meta(train, epoch, step, partial, history, data, in_features, num_classes) -> dict:
+    """A training run's record in a checkpoint's ``meta``, as :func:`check_position` reads it back.
+
+    ``train``: the run's options (``TrainConfig.as_dict()``); ``epoch`` epochs done and ``step``
+    steps of the next; ``partial``: that epoch's ``{loss_sum, correct, seconds, seen}`` so far
+    (None when ``step`` is 0); ``history``: the finished epochs' records (dicts); ``data``:
+    :func:`data_identity` of the training set; the model's input and output widths."""
+    return {"train": train, "epoch": int(epoch), "step": int(step), "partial": partial,
+            "history": list(history), "data": data, "in_features": int(in_features),
+            "num_classes": int(num_classes)}
 
 
 def check_position(meta, steps_per_epoch, batch_size, data, in_features, num_classes, history_fields):

@@ -5,27 +5,29 @@ part of it a backend op on device buffers allocated once.  The data set is moved
 the device once.  The loss and accuracy are summed on the device and read back only
 when reported.
 
-Everything that changes from one step to the next lives in device memory too: the
-epoch's order of examples and its learning rates (uploaded once per epoch), and a
-cursor (position in that order, step in the epoch) from which the device reads each
-step's batch and rate.  A step is therefore ``gather_batch → train_step →
-advance_step`` with no number passed from the host, and on a GPU the trainer captures
-it once as a CUDA graph and replays it: one host call per step instead of ~25 kernel
-launches.  A partial last batch gets a graph of its own.  ``Trainer(graphs=False)``,
-``gpunn train --no-graphs`` or ``GPUNN_GRAPHS=0`` turn graphs off; the numpy backend
-and the CUDA simulator have none; a capture that fails falls back to eager steps with
-one line saying why.
+Everything that changes from one step to the next lives in device memory too
+(:class:`gpunn.loop.DeviceLoop`): the epoch's order of examples and its learning rates
+(uploaded once per epoch), and a cursor (position in that order, step in the epoch) from
+which the device reads each step's batch and rate.  A step is therefore ``gather_batch →
+train_step → advance_step`` with no number passed from the host, and on a GPU it is
+captured once as a CUDA graph and replayed (:class:`gpunn.loop.GraphedStep`): one host call
+per step instead of ~25 kernel launches.  A partial last batch gets a graph of its own.
+``Trainer(graphs=False)``, ``gpunn train --no-graphs`` or ``GPUNN_GRAPHS=0`` turn graphs
+off; the numpy backend and the CUDA simulator have none; a capture that fails falls back
+to eager steps with one line saying why.
+
+The :class:`Trainer` is the loop that reports: epochs, the progress bar, the divergence
+check, checkpoints (whose position record is :func:`gpunn.checkpoint.run_meta`) and
+signals.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import signal
 import sys
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +40,7 @@ from gpunn.data import batch_slices, epoch_permutation
 from gpunn.errors import CheckpointError, DataError, TrainingDiverged
 from gpunn.instrument import annotate_nvtx
 from gpunn.layers import OUTPUT_ACTIVATIONS, mlp
+from gpunn.loop import DeviceLoop, GraphedStep, global_step, graph_setting
 from gpunn.losses import LOSSES, get_loss
 from gpunn.optim import SGD, Schedule
 
@@ -225,78 +228,29 @@ class Trainer:
             raise DataError("the training set is empty")
         self.steps_per_epoch = -(-n // cfg.batch_size)
         self.schedule = Schedule(cfg.lr_schedule, cfg.lr, cfg.epochs, self.steps_per_epoch, cfg.step_size, cfg.gamma)
-        bs = min(cfg.batch_size, n)
-        self._xb = be.empty((bs, self.in_features))
-        self._yb = be.empty((bs,), np.int32)
-        self._loss_sum = be.zeros((1,))
-        self._correct = be.zeros((1,), np.int32)
-        # the loop's state on the device (see the module docstring): the epoch's order, the
-        # cursor (position in it, step in the epoch), the epoch's schedule, the next step's rate
-        self._order = be.empty((n,), np.int32)
-        self._cursor = be.zeros((2,), np.int32)
-        self._lr_table = be.empty((self.steps_per_epoch + 1,))  # this epoch's rates (+1: after its last step)
-        self._lr = be.empty((1,))
-        self._graphs = {}  # batch rows -> the captured step (the full batch, and the last if partial)
-        self.graphs_on, self.graphs_note = self._graph_setting()
+        # the loop's state on the device, and its step as a CUDA graph (see gpunn.loop)
+        self.loop = DeviceLoop(be, self.train_x, self.train_y, cfg.batch_size, self.steps_per_epoch)
+        on, note = graph_setting(be, self.graphs, self._say)
+        self.graphed = GraphedStep(be, lambda m: self.loop.step(m, self.train_step), on, note, self._say)
         self.first_step_time = None  # time.time() when the run's first step had been queued
         self._stop_requested = False
         self._epoch_progress = (0.0, 0)  # (seconds, samples) of the current epoch before a stop
         self.last_good = None  # the checkpoint this run last wrote or resumed from: the one a divergence names
 
-    # ---------------------------------------------------------------- CUDA graphs
     def _say(self, message):
         (self.notice or (lambda m: print(m, file=sys.stderr)))(f"gpunn: {message}")
 
-    def _graph_setting(self):
-        """``(on, why not)``: graphs on a real GPU unless turned off; the reason in words."""
-        be = self.backend
-        if self.graphs is False:
-            return False, "turned off (graphs=False)"
-        if os.environ.get("GPUNN_GRAPHS", "1") == "0":
-            return False, "turned off by GPUNN_GRAPHS=0"
-        if getattr(be, "simulated", False):
-            self._say("training without CUDA graphs: the CUDA simulator has none")
-            return False, "the CUDA simulator has no CUDA graphs"
-        if be.name != "cuda":
-            if self.graphs:
-                self._say(f"training without CUDA graphs: the {be.name} backend has none")
-            return False, f"the {be.name} backend has no CUDA graphs"
-        return True, None
-
-    def _step(self, m):
-        """One step of ``m`` rows from device state alone: gather the batch at the cursor,
-        train on it at the device's rate, advance the cursor and the rate."""
-        be = self.backend
-        xb, yb = self._xb[:m], self._yb[:m]
-        be.unchecked.gather_batch(self.train_x, self.train_y, self._order, self._cursor, xb, yb)
-        self.train_step(xb, yb, self._lr)
-        be.unchecked.advance_step(self._cursor, m, self._lr_table, self._lr)
-
-    def _capture(self, m):
-        """Capture the step of ``m`` rows as a CUDA graph (after one eager step: compiled, allocated)."""
-        try:
-            self._graphs[m] = self.backend.capture(lambda: self._step(m))
-        except Exception as exc:  # no graphs here, or a driver or cuBLAS refusal: train on, eagerly
-            self.graphs_on = False
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            self.graphs_note = f"capture failed ({type(exc).__name__}: {first})"
-            self._say(f"CUDA graph capture failed, training eagerly: {type(exc).__name__}: {first}")
-
     # ---------------------------------------------------------------- checkpoints
-    def data_identity(self):
-        """What a resumed run must train on: the same examples, hence the same batches."""
-        return {"train_samples": int(self.data.train_y.shape[0]),
-                "train_labels_crc32": zlib.crc32(np.ascontiguousarray(self.data.train_y, np.int32).tobytes())}
-
     def meta(self):
+        """The run's position for a checkpoint (:func:`gpunn.checkpoint.run_meta`)."""
         partial = None
         if self.step:  # an epoch stopped part-way: its sums so far and the time it had taken
             seconds, seen = self._epoch_progress
-            partial = {"loss_sum": float(self.backend.to_numpy(self._loss_sum)[0]),
-                       "correct": int(self.backend.to_numpy(self._correct)[0]), "seconds": seconds, "seen": seen}
-        return {"train": self.cfg.as_dict(), "epoch": self.epoch, "step": self.step, "partial": partial,
-                "history": [dataclasses.asdict(h) for h in self.history], "data": self.data_identity(),
-                "in_features": self.in_features, "num_classes": self.num_classes}
+            partial = {"loss_sum": self.loop.loss(), "correct": self.loop.correct_count(),
+                       "seconds": seconds, "seen": seen}
+        return checkpoint.run_meta(self.cfg.as_dict(), self.epoch, self.step, partial,
+                                   [dataclasses.asdict(h) for h in self.history],
+                                   checkpoint.data_identity(self.data.train_y), self.in_features, self.num_classes)
 
     def save(self, path):
         checkpoint.save(path, self.model, self.optimizer, self.meta())
@@ -308,15 +262,15 @@ class Trainer:
         meta = checkpoint.read_meta(path)
         try:
             position = checkpoint.check_position(meta, self.steps_per_epoch, self.cfg.batch_size,
-                                                 self.data_identity(), self.in_features, self.num_classes,
+                                                 checkpoint.data_identity(self.data.train_y),
+                                                 self.in_features, self.num_classes,
                                                  [f.name for f in dataclasses.fields(EpochStats)])
         except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         meta = checkpoint.restore(path, self.model, self.optimizer)
         self.epoch, self.step, history, partial = position
         self.history = [EpochStats(**h) for h in history]
-        self._loss_sum[...] = partial["loss_sum"]
-        self._correct[...] = partial["correct"]
+        self.loop.set_sums(partial["loss_sum"], partial["correct"])
         self._epoch_progress = (partial["seconds"], partial["seen"])
         self.last_good = path
         return meta
@@ -325,9 +279,9 @@ class Trainer:
     def train_step(self, xb, yb, lr):
         """One step: forward, loss and its gradient, backward (chain rule), SGD update."""
         out = self.model.forward(xb)
-        grad = self.loss_fn(out, yb, self._loss_sum, accumulate=True)
+        grad = self.loss_fn(out, yb, self.loop.loss_sum, accumulate=True)
         with self.backend.branch():  # beside the backward pass (see Backend.branch)
-            self.backend.unchecked.count_correct(out, yb, self._correct)  # shapes known: the loss checked them
+            self.backend.unchecked.count_correct(out, yb, self.loop.correct)  # shapes known: the loss checked them
         self.model.backward(grad)
         self.optimizer.step(lr)  # (after every branch: it joins them)
 
@@ -346,14 +300,9 @@ class Trainer:
         n = self.train_x.shape[0]
         slices = list(batch_slices(n, cfg.batch_size))
         # the epoch's order, its rates, the cursor and the first step's rate, into device memory
+        # (a resumed epoch keeps the sums it had)
         rates = np.array([self.schedule(self.global_step(s)) for s in range(self.steps_per_epoch + 1)], dtype=be.dtype)
-        be.upload(epoch_permutation(n, cfg.seed, self.epoch).astype(np.int32), self._order)
-        be.upload(rates, self._lr_table)
-        be.upload(np.array([self.step * cfg.batch_size, self.step], np.int32), self._cursor)
-        be.upload(rates[self.step:self.step + 1], self._lr)
-        if self.step == 0:  # (a resumed epoch keeps the sums it had)
-            self._loss_sum[...] = 0
-            self._correct[...] = 0
+        self.loop.start_epoch(epoch_permutation(n, cfg.seed, self.epoch), rates, self.step)
         # CPU backends read the loss for free, so they check it every step; a GPU every 50
         check_every = 1 if getattr(be, "host_reads_free", False) else 50
         bar = tqdm(total=len(slices), initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
@@ -367,22 +316,16 @@ class Trainer:
             try:
                 for start, stop in slices[self.step:]:
                     m = stop - start
-                    graph = self._graphs.get(m)
-                    if graph is not None:
-                        graph()  # the captured step: one host call
-                    else:
-                        self._step(m)
-                        if self.graphs_on:
-                            self._capture(m)
+                    self.graphed(m)  # replayed as a CUDA graph where one was captured
                     if self.first_step_time is None:
                         self.first_step_time = time.time()
                     self.step += 1
                     seen += m
                     if self.step % check_every == 0 or self.step == len(slices):
-                        loss_sum = float(be.to_numpy(self._loss_sum)[0])
+                        loss_sum = self.loop.loss()
                         self._check_finite(loss_sum, self.last_rate())
                         if self.progress:
-                            correct = int(be.to_numpy(self._correct)[0])
+                            correct = self.loop.correct_count()
                             bar.set_postfix(loss=f"{loss_sum / self.step:.4f}",
                                             acc=f"{100 * correct / min(n, self.step * cfg.batch_size):.2f}%",
                                             samples_s=f"{seen / max(time.perf_counter() - t0, 1e-9):,.0f}", refresh=False)
@@ -398,8 +341,8 @@ class Trainer:
             finally:
                 bar.close()
         lr = self.last_rate()  # the epoch's last step's (the device read it from the table)
-        loss = float(be.to_numpy(self._loss_sum)[0]) / len(slices)
-        train_acc = int(be.to_numpy(self._correct)[0]) / n
+        loss = self.loop.loss() / len(slices)
+        train_acc = self.loop.correct_count() / n
         test_acc = evaluate(self.model, self.test_x, self.test_y, cfg.eval_batch_size)
         stats = EpochStats(self.epoch + 1, loss, train_acc, test_acc, seconds, seen / seconds if seconds else 0.0, lr)
         self.epoch, self.step = self.epoch + 1, 0
@@ -433,7 +376,7 @@ class Trainer:
                     if self.save_path:
                         # never replace the last good checkpoint with diverged weights (a GPU
                         # checks the loss only every 50 steps)
-                        self._check_finite(float(self.backend.to_numpy(self._loss_sum)[0]), self.last_rate())
+                        self._check_finite(self.loop.loss(), self.last_rate())
                         self.save(self.save_path)
                     raise Interrupted(self.epoch, self.step, self.save_path, signum) from None
                 self.log(stats.line(self.cfg.epochs))
@@ -453,7 +396,7 @@ class Trainer:
 
     def global_step(self, step: int) -> int:
         """The run-wide index (0-based) of step ``step`` of the current epoch: what the schedule reads."""
-        return self.epoch * self.steps_per_epoch + step
+        return global_step(self.epoch, step, self.steps_per_epoch)
 
     def last_rate(self) -> float:
         """The learning rate of the last step done (the first step's before any)."""
@@ -463,12 +406,22 @@ class Trainer:
     def device_rate(self):
         """The one-element device array a step reads its learning rate from (so a captured step
         replays with the rate of the moment)."""
-        return self._lr
+        return self.loop.lr
+
+    @property
+    def graphs_on(self) -> bool:
+        """Whether the next new batch size will be captured as a CUDA graph."""
+        return self.graphed.on
+
+    @property
+    def graphs_note(self) -> str | None:
+        """Why steps do not run as CUDA graphs (None when they do)."""
+        return self.graphed.note
 
     @property
     def graphs_used(self) -> bool:
         """Whether steps have run as CUDA graphs (see ``graphs_note`` for why not)."""
-        return bool(self._graphs)
+        return self.graphed.used
 
     def trained_seconds(self):
         """Seconds of training (evaluation excluded) in the epochs done so far, a stopped one's included."""

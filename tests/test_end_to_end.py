@@ -40,8 +40,8 @@ def test_sgd_steps_match_the_numpy_backend(cuda_name, net):
         dut.train_step(dut.train_x[sl], dut.train_y[sl], 0.1)
     for i, (a, b) in enumerate(zip(ref.model.params, dut.model.params)):
         np.testing.assert_allclose(be.to_numpy(b), a, rtol=1e-4, atol=1e-5, err_msg=f"parameter {i}")
-    assert float(be.to_numpy(dut._loss_sum)[0]) == pytest.approx(float(ref._loss_sum[0]), rel=1e-5)
-    assert int(be.to_numpy(dut._correct)[0]) == int(ref._correct[0])
+    assert float(be.to_numpy(dut.loop.loss_sum)[0]) == pytest.approx(float(ref.loop.loss_sum[0]), rel=1e-5)
+    assert int(be.to_numpy(dut.loop.correct)[0]) == int(ref.loop.correct[0])
 
 
 @pytest.mark.parametrize("cuda_name", CUDA_PARAMS)
@@ -61,5 +61,5 @@ def test_a_full_mnist_epoch_on_the_gpu_reaches_the_cpu_accuracy(cuda_name, mnist
     cpu = Trainer(TrainConfig(**cfg), mnist, backend="numpy", progress=False, log=lambda s: None).run_epoch()
     trainer = Trainer(TrainConfig(**cfg), mnist, backend=make_backend(cuda_name), progress=False, log=lambda s: None)
     gpu = trainer.run_epoch()
-    assert trainer._graphs, f"the epoch ran without a CUDA graph: {trainer.graphs_note}"
+    assert trainer.graphs_used, f"the epoch ran without a CUDA graph: {trainer.graphs_note}"
     assert gpu.test_accuracy >= cpu.test_accuracy - 0.003

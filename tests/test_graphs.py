@@ -81,7 +81,7 @@ def test_replayed_steps_train_exactly_like_eager_steps(net):
     graph = fitted(RecordingBackend(), net)
     eager = fitted(NumpyBackend(), net)
     be = graph.backend
-    assert graph.graphs_on and set(graph._graphs) == {32, 13} and be.captures == 2  # a full and the last batch
+    assert graph.graphs_on and set(graph.graphed.graphs) == {32, 13} and be.captures == 2  # a full and the last batch
     assert be.replays == (2 * 21 - 1) + 1  # every step but the first of each shape (eager, then captured)
     assert_same_training(graph, eager)
 
@@ -89,7 +89,7 @@ def test_replayed_steps_train_exactly_like_eager_steps(net):
 def test_a_failed_capture_trains_on_eagerly_and_says_why():
     said = []
     t = fitted(FailingCaptureBackend(), "relu-xent-nesterov-cosine", notice=said.append)
-    assert not t.graphs_on and not t._graphs
+    assert not t.graphs_on and not t.graphed.graphs
     assert said == ["gpunn: CUDA graph capture failed, training eagerly: RuntimeError: "
                     "CUBLAS_STATUS_NOT_SUPPORTED during stream capture"]
     assert "capture failed" in t.metrics(1.0)["cuda_graphs_note"] and t.metrics(1.0)["cuda_graphs"] is False
@@ -120,7 +120,7 @@ def test_the_simulator_never_captures_and_says_so(new_backend):
     t = Trainer(cfg, toy_data(n=40, n_test=10, d=6, c=3), backend=new_backend("cuda-sim"), progress=False,
                 log=lambda s: None, notice=said.append)
     t.fit()
-    assert not t.graphs_on and not t._graphs
+    assert not t.graphs_on and not t.graphed.graphs
     assert said == ["gpunn: training without CUDA graphs: the CUDA simulator has none"]
 
 

@@ -262,7 +262,7 @@ def test_a_divergence_found_at_ctrl_c_names_the_rate_of_the_last_step_done(tmp_p
         real_step(*a)
         calls.append(1)
         if len(calls) == 25:  # epoch 2, step 6: the loss overflows, then Ctrl-C arrives
-            t._loss_sum[...] = np.inf
+            t.loop.loss_sum[...] = np.inf
             t._stop_requested = True
     t.train_step = step_then_diverge
     with pytest.raises(TrainingDiverged) as info:

@@ -244,14 +244,14 @@ def test_replaying_the_step_never_synchronises():
     trainer = Trainer(TrainConfig(hidden=(512, 512), epochs=1, batch_size=128, lr=0.01), toy_data(n=128 * 60, d=784, c=10),
                       backend=cuda_backend(), progress=False, log=lambda s: None)
     trainer.run_epoch()  # compiles, captures
-    assert trainer._graphs, trainer.graphs_note
-    trainer.backend.upload(np.zeros(2, np.int32), trainer._cursor)  # the 50 replays stay within the epoch
+    assert trainer.graphs_used, trainer.graphs_note
+    trainer.backend.upload(np.zeros(2, np.int32), trainer.loop.cursor)  # the 50 replays stay within the epoch
     trainer.backend.synchronize()
     queue_spin(0.5)
     start = time.perf_counter()
     with cupyx.allow_synchronize(False):
         for _ in range(50):
-            trainer._graphs[128]()
+            trainer.graphed.graphs[128]()
     host_s = time.perf_counter() - start
     queued = cupy.cuda.Event()
     queued.record()

@@ -1,0 +1,130 @@
+"""The training loop's device side: what changes from one step to the next, and the step as a graph.
+
+* :class:`DeviceLoop` holds, in device memory, everything a step reads that is not a weight: the
+  epoch's order of examples, a cursor (position in that order, step in the epoch), the epoch's
+  table of learning rates and the next step's rate, the batch buffers, and the epoch's sums of
+  the loss and of correct predictions.  Its :meth:`~DeviceLoop.step` is ``gather_batch →
+  train_step → advance_step`` with no number passed from the host.
+* :class:`GraphedStep` runs such a step as a CUDA graph, one per batch size (the full batch, and a
+  partial last one): the first step of a size runs eagerly (so everything is compiled and
+  allocated) and is captured; later steps of that size replay it, one host call each.  Where
+  there are no graphs, or a capture fails, steps run eagerly, with one line saying why.
+* :func:`global_step`: the run-wide index of a step, what a learning-rate schedule reads.
+
+The trainer (:mod:`gpunn.train`) is the loop that reports: epochs, the progress bar, divergence
+checks, checkpoints and signals; it owns one of each of these.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def global_step(epoch: int, step: int, steps_per_epoch: int) -> int:
+    """The run-wide index (0-based) of step ``step`` (0-based) of epoch ``epoch`` (0-based)."""
+    return epoch * steps_per_epoch + step
+
+
+class DeviceLoop:
+    """The loop's state in device memory for training on ``x`` (N, D), int32 ``y`` (N,) in batches
+    of ``batch_size`` rows, ``steps_per_epoch`` steps an epoch."""
+
+    def __init__(self, backend, x, y, batch_size: int, steps_per_epoch: int):
+        be = self.backend = backend
+        self.x, self.y = x, y
+        n = x.shape[0]
+        self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
+        bs = min(batch_size, n)
+        self.xb = be.empty((bs, x.shape[1]))           # the step's batch, gathered on the device
+        self.yb = be.empty((bs,), np.int32)
+        self.loss_sum = be.zeros((1,))                 # Σ of the epoch's batch losses so far
+        self.correct = be.zeros((1,), np.int32)        # correct predictions in the epoch so far
+        self.order = be.empty((n,), np.int32)          # the epoch's permutation of 0..N-1
+        self.cursor = be.zeros((2,), np.int32)         # (position in order, step in the epoch)
+        self.lr_table = be.empty((steps_per_epoch + 1,))  # the epoch's rates (+1: after its last step)
+        self.lr = be.empty((1,))                       # the rate the next update reads
+
+    def start_epoch(self, order, rates, step: int) -> None:
+        """Put the epoch's ``order`` (N,) and ``rates`` (steps + 1,) on the device and the cursor
+        at ``step``; the sums start at zero unless the epoch resumes part-way (``step`` > 0)."""
+        be = self.backend
+        be.upload(np.asarray(order, np.int32), self.order)
+        be.upload(np.asarray(rates, be.dtype), self.lr_table)
+        be.upload(np.array([step * self.batch_size, step], np.int32), self.cursor)
+        be.upload(np.asarray(rates[step:step + 1], be.dtype), self.lr)
+        if step == 0:
+            self.set_sums(0.0, 0)
+
+    def set_sums(self, loss_sum: float, correct: int) -> None:
+        """Set the epoch's sums (a resumed epoch's, from its checkpoint)."""
+        self.loss_sum[...] = loss_sum
+        self.correct[...] = correct
+
+    def loss(self) -> float:
+        """The epoch's summed loss so far (on a GPU, a synchronisation)."""
+        return float(self.backend.to_numpy(self.loss_sum)[0])
+
+    def correct_count(self) -> int:
+        """The epoch's correct predictions so far (on a GPU, a synchronisation)."""
+        return int(self.backend.to_numpy(self.correct)[0])
+
+    def step(self, m: int, train_step) -> None:
+        """One step of ``m`` rows from device state alone: gather the batch at the cursor, run
+        ``train_step(xb, yb, lr)`` (lr: the device's rate), advance the cursor and the rate."""
+        ops = self.backend.unchecked
+        xb, yb = self.xb[:m], self.yb[:m]
+        ops.gather_batch(self.x, self.y, self.order, self.cursor, xb, yb)
+        train_step(xb, yb, self.lr)
+        ops.advance_step(self.cursor, m, self.lr_table, self.lr)
+
+
+def graph_setting(backend, requested: bool | None, say) -> tuple[bool, str | None]:
+    """``(on, why not)``: graphs on a real GPU unless turned off (``requested=False`` or
+    ``$GPUNN_GRAPHS=0``); ``say`` gets a line when they were asked for and cannot be had."""
+    if requested is False:
+        return False, "turned off (graphs=False)"
+    if os.environ.get("GPUNN_GRAPHS", "1") == "0":
+        return False, "turned off by GPUNN_GRAPHS=0"
+    if getattr(backend, "simulated", False):
+        say("training without CUDA graphs: the CUDA simulator has none")
+        return False, "the CUDA simulator has no CUDA graphs"
+    if backend.name != "cuda":
+        if requested:
+            say(f"training without CUDA graphs: the {backend.name} backend has none")
+        return False, f"the {backend.name} backend has no CUDA graphs"
+    return True, None
+
+
+class GraphedStep:
+    """``graphed(m)`` runs ``step(m)`` (a step of ``m`` rows that reads everything it needs from
+    device memory), captured as a CUDA graph per ``m`` when ``on``.  ``note`` says why graphs
+    are off; ``say`` gets a line when a capture fails."""
+
+    def __init__(self, backend, step, on: bool, note: str | None, say):
+        self.backend, self._step, self._say = backend, step, say
+        self.on, self.note = on, note
+        self.graphs: dict = {}  # batch rows -> the captured step
+
+    @property
+    def used(self) -> bool:
+        """Whether steps have run as CUDA graphs."""
+        return bool(self.graphs)
+
+    def __call__(self, m: int) -> None:
+        graph = self.graphs.get(m)
+        if graph is not None:
+            graph()  # the captured step: one host call
+            return
+        self._step(m)
+        if self.on:  # after one eager step of this size: compiled, allocated
+            self._capture(m)
+
+    def _capture(self, m):
+        try:
+            self.graphs[m] = self.backend.capture(lambda: self._step(m))
+        except Exception as exc:  # no graphs here, or a driver or cuBLAS refusal: train on, eagerly
+            self.on = False
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            self.note = f"capture failed ({type(exc).__name__}: {first})"
+            self._say(f"CUDA graph capture failed, training eagerly: {type(exc).__name__}: {first}")

@@ -50,10 +50,8 @@ import datetime
 import gc
 import json
 import os
-import platform
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,8 +59,9 @@ import time
 import traceback
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))  # train_speed.py: the data loader both benchmarks use
+from benchlib import (REPO, add_data_options, data_folder, initial_weights, load_data, median_after_warmup, torch_loss,
+                      torch_twin, write_json)
+from benchlib import versions as benchlib_versions
 
 #: TrainConfig fields of each network (everything else: gpunn's defaults); epochs = --epochs
 NETS = {
@@ -86,10 +85,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=5,
                    help="epochs per contestant, interleaved; the first is a warm-up, not in the median (default 5)")
     p.add_argument("--backend", default="cuda", help="gpunn's backend (default cuda; numpy for a CPU smoke run)")
-    p.add_argument("--data", default=None, help="MNIST folder (default: $GPUNN_DATA_DIR, else ../shared/data/mnist)")
-    p.add_argument("--train-samples", type=int, default=None, metavar="N", help="use the first N training images")
-    p.add_argument("--synthetic", type=int, default=None, metavar="N",
-                   help="random data with N training and N/5 test samples instead of MNIST")
+    add_data_options(p)
     p.add_argument("--only", default=",".join(CONTESTANTS),
                    help=f"comma-separated contestants (default: all of {', '.join(CONTESTANTS)})")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
@@ -127,38 +123,12 @@ def report_failure(what, exc):
         .rstrip().replace("\n", "\n     "))
 
 
-def median_after_warmup(times):
-    """Median of the epochs after the first (the warm-up); of all of them when there is only one."""
-    return statistics.median(times[1:] if len(times) > 1 else times)
-
-
 # ---------------------------------------------------------------------------- data and device
-
-
-def data_folder(args):
-    return Path(args.data or os.environ.get("GPUNN_DATA_DIR") or REPO.parent / "shared" / "data" / "mnist")
-
-
-def load_data(args):
-    """The CPU benchmark's data (MNIST, or --synthetic clusters): one loader for both benchmarks."""
-    from train_speed import load_data as load
-
-    args.data = str(data_folder(args))
-    return load(args)
 
 
 def describe_device(backend):
     """(one line naming the device, {versions}) -- never raises."""
-    import numpy as np
-
-    from importlib import metadata
-
-    versions = {"python": platform.python_version(), "numpy": np.__version__}
-    for dist in ("numba", "numba-cuda", "cupy-cuda13x", "cupy-cuda12x", "cupy", "nvmath-python", "torch"):
-        try:   # the installed version, without importing (torch takes seconds to import)
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
+    versions = benchlib_versions()
     if backend != "cuda":
         from gpunn.roofline import cpu_model
 
@@ -244,18 +214,15 @@ class GpunnRun:
         return ""
 
 
-def initial_weights(cfg, data, trainer=None):
-    """[(W (in, out), b (out,)), ...] as host float32 copies: a fresh trainer's (before any step),
-    else the same model built on the numpy backend (same seed, same float64 -> float32 values)."""
-    if trainer is None:
-        from gpunn.backend import get_backend
-        from gpunn.train import build_model
+def first_weights(cfg, data, trainer=None):
+    """gpunn's initial weights (:func:`benchlib.initial_weights`): a fresh trainer's (before any
+    step), else the same model built on the numpy backend (same seed, same float64 -> float32 values)."""
+    if trainer is not None:
+        return initial_weights(trainer.model)
+    from gpunn.backend import get_backend
+    from gpunn.train import build_model
 
-        be = get_backend("numpy")
-        model = build_model(cfg, data.train_x.shape[1], int(data.num_classes), be)
-    else:
-        be, model = trainer.backend, trainer.model
-    return [(be.to_numpy(l.W).copy(), be.to_numpy(l.b).copy()) for l in model.layers if hasattr(l, "W")]
+    return initial_weights(build_model(cfg, data.train_x.shape[1], int(data.num_classes), get_backend("numpy")))
 
 
 class TorchContext:
@@ -283,29 +250,12 @@ class TorchContext:
         self.test_x = torch.from_numpy(data.test_x).to(dev)
         self.test_y = torch.from_numpy(data.test_y.astype("int64")).to(dev)
         self.n = int(self.x.shape[0])
-        F = torch.nn.functional
-        if cfg.loss == "mse":   # the primer's C = 1/(2n) sum ||a - onehot||^2, as gpunn's MSE
-            eye = torch.eye(int(data.num_classes), device=dev)
-            self.loss = lambda out, y: 0.5 * ((out - eye.index_select(0, y)) ** 2).sum(1).mean()
-        else:
-            self.loss = F.cross_entropy
+        self.loss = torch_loss(torch, cfg.loss, int(data.num_classes), dev)
         self.matmul_precision = torch.get_float32_matmul_precision()
 
     def model(self):
-        """nn.Sequential with gpunn's initial weights (torch keeps Linear weights as (out, in))."""
-        torch, nn = self.torch, self.torch.nn
-        acts = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-        layers = []
-        for i, (w, b) in enumerate(self.weights):
-            lin = nn.Linear(*w.shape)
-            with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(w.T.copy()))
-                lin.bias.copy_(torch.from_numpy(b))
-            layers.append(lin)
-            act = self.cfg.activation if i < len(self.weights) - 1 else self.cfg.output_activation
-            if act != "identity":
-                layers.append(acts[act]())
-        return nn.Sequential(*layers).to(self.device)
+        """The PyTorch twin of the gpunn model, from gpunn's initial weights."""
+        return torch_twin(self.torch, self.weights, self.cfg.activation, self.cfg.output_activation, self.device)
 
     def rates(self, e, steps):
         """The rates of epoch e's first ``steps`` steps: gpunn's schedule at the same global steps."""
@@ -481,23 +431,20 @@ def net_title(key, cfg, n):
 
 
 def run_net(key, data, args, notes, nets):
-    from gpunn.optim import Schedule
+    """Train network ``key`` with every contestant in ``--only``, epochs interleaved; its result
+    goes into ``nets[key]`` at once (a run stopped part-way still reports the epochs that finished)."""
     from gpunn.train import TrainConfig
 
     cfg = TrainConfig(**NETS[key], epochs=args.epochs, seed=0)
     n = int(data.train_x.shape[0])
-    steps_per_epoch = -(-n // cfg.batch_size)
     title = net_title(key, cfg, n)
     say(f"\n== {title}")
-    result = {"title": title,   # every contestant has a key: null where it did not run (see errors, notes)
-              "seconds_per_epoch": {c: None for c in CONTESTANTS},
-              "epoch_seconds": {c: None for c in CONTESTANTS},
-              "test_accuracy": {c: None for c in CONTESTANTS},
-              "errors": {}, "details": {},
-              "config": {**cfg.as_dict(), "train_samples": n, "test_samples": int(data.test_x.shape[0]),
-                         "steps_per_epoch": steps_per_epoch, "backend": args.backend}}
-    nets[key] = result   # published now: a run stopped part-way still reports this net's epochs
-    runs = []
+    result = nets[key] = {   # every contestant has a key: null where it did not run (see errors, notes)
+        "title": title, "seconds_per_epoch": {c: None for c in CONTESTANTS},
+        "epoch_seconds": {c: None for c in CONTESTANTS}, "test_accuracy": {c: None for c in CONTESTANTS},
+        "errors": {}, "details": {},
+        "config": {**cfg.as_dict(), "train_samples": n, "test_samples": int(data.test_x.shape[0]),
+                   "steps_per_epoch": -(-n // cfg.batch_size), "backend": args.backend}}
 
     def failed(name, exc):
         result["errors"][name] = error_text(exc)
@@ -507,54 +454,10 @@ def run_net(key, data, args, notes, nets):
         else:
             report_failure(f"{key}/{name}", exc)
 
-    # gpunn first: a fresh trainer's weights are everyone's initial weights
-    for name, graphs in (("gpunn", True), ("gpunn_eager", False)):
-        if name in args.only:
-            try:
-                runs.append(GpunnRun(name, cfg, data, args.backend, graphs, notes))
-            except Exception as exc:
-                failed(name, exc)
-    weights = None
+    runs = contestants(key, cfg, data, args, notes, result, failed)
+    times, stopped = {r.name: [] for r in runs}, None
     try:
-        weights = initial_weights(cfg, data, runs[0].trainer if runs else None)
-    except Exception as exc:
-        report_failure(f"{key}: reading the initial weights", exc)
-        notes.append(f"{key}: could not read gpunn's initial weights: {error_text(exc)}")
-    torch_names = [c for c in ("torch_eager", "torch_graph") if c in args.only]
-    if torch_names:
-        try:
-            if weights is None:
-                raise Unavailable("no initial weights from gpunn")
-            schedule = Schedule(cfg.lr_schedule, cfg.lr, cfg.epochs, steps_per_epoch, cfg.step_size, cfg.gamma)
-            ctx = TorchContext(args.backend, cfg, data, weights, schedule, steps_per_epoch)
-            result["config"]["torch_float32_matmul_precision"] = ctx.matmul_precision
-            for name, cls in (("torch_eager", TorchEager), ("torch_graph", TorchGraph)):
-                if name in torch_names:
-                    try:
-                        runs.append(cls(ctx))
-                    except Exception as exc:
-                        failed(name, exc)
-        except Exception as exc:
-            for name in torch_names:
-                failed(name, exc)
-    order = [c for c in CONTESTANTS if c in args.only]
-    runs.sort(key=lambda r: order.index(r.name))
-    times = {r.name: [] for r in runs}
-    live, stopped = list(runs), None
-    try:
-        for e in range(args.epochs):
-            k = e % len(live) if live else 0
-            line = []
-            for r in live[k:] + live[:k]:   # rotate who goes first
-                try:
-                    times[r.name].append(r.epoch(e))
-                    line.append(f"{r.name} {times[r.name][-1]:.4f} s")
-                except Exception as exc:
-                    failed(r.name, exc)
-                    line.append(f"{r.name} FAILED")
-            live = [r for r in live if r.name not in result["errors"]]
-            say(f"  epoch {e + 1}/{args.epochs}{' (warm-up)' if e == 0 and args.epochs > 1 else ''}: "
-                + ", ".join(line))
+        interleave(runs, times, args, result, failed)
     except Stopped as exc:   # report the epochs that finished, then stop
         stopped = exc
         notes.append(f"{key}: {exc} during the epochs; the medians use the epochs that finished")
@@ -572,8 +475,7 @@ def run_net(key, data, args, notes, nets):
             failed(r.name, exc)
         if isinstance(r, GpunnRun):
             result["details"][r.name + "_graphs"] = r.info
-    if any(isinstance(r, TorchGraph) for r in runs):
-        tg = next(r for r in runs if isinstance(r, TorchGraph))
+    for tg in (r for r in runs if isinstance(r, TorchGraph)):
         notes.append(f"{key}/torch_graph: the partial last batch is dropped ({len(tg.batches)} full batches, "
                      f"{tg.dropped} samples not trained per epoch); its 3 warm-up steps were undone before capture")
         if tg.mode != "device lr":
@@ -586,6 +488,65 @@ def run_net(key, data, args, notes, nets):
     if stopped is not None:
         raise stopped
     return result
+
+
+def contestants(key, cfg, data, args, notes, result, failed):
+    """The contestants of one net that could be built, in CONTESTANTS order (``failed`` gets the rest).
+    gpunn's come first: a fresh trainer's weights are everyone's initial weights."""
+    from gpunn.optim import Schedule
+
+    runs = []
+    for name, graphs in (("gpunn", True), ("gpunn_eager", False)):
+        if name in args.only:
+            try:
+                runs.append(GpunnRun(name, cfg, data, args.backend, graphs, notes))
+            except Exception as exc:
+                failed(name, exc)
+    weights = None
+    try:
+        weights = first_weights(cfg, data, runs[0].trainer if runs else None)
+    except Exception as exc:
+        report_failure(f"{key}: reading the initial weights", exc)
+        notes.append(f"{key}: could not read gpunn's initial weights: {error_text(exc)}")
+    torch_names = [c for c in ("torch_eager", "torch_graph") if c in args.only]
+    if torch_names:
+        try:
+            if weights is None:
+                raise Unavailable("no initial weights from gpunn")
+            steps_per_epoch = result["config"]["steps_per_epoch"]
+            schedule = Schedule(cfg.lr_schedule, cfg.lr, cfg.epochs, steps_per_epoch, cfg.step_size, cfg.gamma)
+            ctx = TorchContext(args.backend, cfg, data, weights, schedule, steps_per_epoch)
+            result["config"]["torch_float32_matmul_precision"] = ctx.matmul_precision
+            for name, cls in (("torch_eager", TorchEager), ("torch_graph", TorchGraph)):
+                if name in torch_names:
+                    try:
+                        runs.append(cls(ctx))
+                    except Exception as exc:
+                        failed(name, exc)
+        except Exception as exc:
+            for name in torch_names:
+                failed(name, exc)
+    order = [c for c in CONTESTANTS if c in args.only]
+    return sorted(runs, key=lambda r: order.index(r.name))
+
+
+def interleave(runs, times, args, result, failed):
+    """Epoch e of every run, in an order rotated by e, then e + 1, each epoch's seconds appended to
+    ``times[name]``; a run that fails drops out (Stopped, on SIGTERM, leaves what finished)."""
+    live = list(runs)
+    for e in range(args.epochs):
+        k = e % len(live) if live else 0
+        line = []
+        for r in live[k:] + live[:k]:   # rotate who goes first
+            try:
+                times[r.name].append(r.epoch(e))
+                line.append(f"{r.name} {times[r.name][-1]:.4f} s")
+            except Exception as exc:
+                failed(r.name, exc)
+                line.append(f"{r.name} FAILED")
+        live = [r for r in live if r.name not in result["errors"]]
+        say(f"  epoch {e + 1}/{args.epochs}{' (warm-up)' if e == 0 and args.epochs > 1 else ''}: "
+            + ", ".join(line))
 
 
 # ---------------------------------------------------------------------------- launch and start-up
@@ -775,7 +736,6 @@ def print_summary(results, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO))   # run from a checkout without installing
     command = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", __file__, *argv])
     device, versions = describe_device(args.backend)
     results = {"device": device,
@@ -799,9 +759,7 @@ def main(argv=None):
         results["targets"] = targets(results)
         if args.json:
             try:
-                from gpunn.output import write_json  # whole or not at all, as every file gpunn writes
-
-                write_json(args.json, results, default=str)
+                write_json(args.json, results)  # whole or not at all, as every file gpunn writes
             except Exception as exc:
                 report_failure(f"writing {args.json}", exc)
 

@@ -31,15 +31,12 @@ time goes, op by op: ``gpunn profile --backend numpy`` with the same model optio
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import add_data_options, describe_cpu, initial_weights, load_data, torch_loss, torch_twin, write_json
 
 NETS = {
     "big": dict(hidden=(512, 512), activation="relu", loss="cross-entropy", output_activation="identity",
@@ -56,10 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=5, help="epochs per contestant, interleaved (default 5)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="BLAS/OpenMP threads for every contestant (default: all cores)")
-    p.add_argument("--data", default=None, help="MNIST folder (default: $GPUNN_DATA_DIR, else ../shared/data/mnist)")
-    p.add_argument("--train-samples", type=int, default=None, help="use the first N training images")
-    p.add_argument("--synthetic", type=int, default=None, metavar="N",
-                   help="random data with N training and N/5 test samples instead of MNIST")
+    add_data_options(p)
     p.add_argument("--only", default="gpunn,torch,numpy", help="comma-separated contestants (default: all three)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
@@ -76,31 +70,6 @@ def set_threads(n):
     """Before NumPy (OpenBLAS) or torch is imported: their thread pools read these once."""
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
-
-
-# ---------------------------------------------------------------------------- data
-
-
-def load_data(args):
-    import numpy as np
-
-    from gpunn.data import Dataset, load_mnist
-
-    if args.synthetic:
-        rng = np.random.default_rng(0)
-        n, m = args.synthetic, max(1, args.synthetic // 5)
-        centers = rng.random((10, 784), dtype=np.float32)
-
-        def split(k):
-            y = rng.integers(0, 10, k).astype(np.int32)
-            x = np.clip(centers[y] + 0.3 * rng.standard_normal((k, 784), dtype=np.float32), 0, 1)
-            return x.astype(np.float32), y
-
-        (tx, ty), (vx, vy) = split(n), split(m)
-        return Dataset(tx, ty, vx, vy, 10, "synthetic", "random clusters"), f"synthetic ({n} train, {m} test)"
-    folder = args.data or os.environ.get("GPUNN_DATA_DIR") or REPO.parent / "shared" / "data" / "mnist"
-    d = load_mnist(folder, download=False, progress=False, train_samples=args.train_samples)
-    return d, f"{d.name or 'MNIST-format'} from {folder} ({len(d.train_y)} train, {len(d.test_y)} test)"
 
 
 # ---------------------------------------------------------------------------- contestants
@@ -121,12 +90,6 @@ class Gpunn:
         self.trainer = Trainer(cfg, data, backend="numpy", progress=False, log=lambda s: None)
         self.label = f"gpunn [{self.trainer.backend.describe()}]"
 
-    def initial_weights(self):
-        """[(W (in,out), b (out,)), ...] as float32 host copies, before any training."""
-        be = self.trainer.backend
-        p = [be.to_numpy(a).copy() for a in self.trainer.model.params]
-        return list(zip(p[0::2], p[1::2]))
-
     def epoch(self, perm):
         # the Trainer draws the same permutation itself (epoch_permutation(n, seed, epoch))
         return self.trainer.run_epoch().seconds
@@ -145,42 +108,25 @@ class Torch:
 
     def __init__(self, net, data, weights, threads):
         import torch
-        from torch import nn
 
         torch.set_num_threads(threads)
         self.torch, self.net = torch, net
         cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "")()
         self.label = f"pytorch {torch.__version__}" + (f" [{cap}]" if cap else "")
-        layers = []
-        for i, (w, b) in enumerate(weights):
-            lin = nn.Linear(*w.shape)
-            with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(w.T.copy()))   # torch keeps (out, in)
-                lin.bias.copy_(torch.from_numpy(b))
-            layers.append(lin)
-            act = net["activation"] if i < len(weights) - 1 else net["output_activation"]
-            if act != "identity":
-                layers.append({"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[act]())
-        self.model = nn.Sequential(*layers)
+        self.model = torch_twin(torch, weights, net["activation"], net["output_activation"])
+        self.loss = torch_loss(torch, net["loss"], int(data.num_classes))
         self.opt = torch.optim.SGD(self.model.parameters(), lr=net["lr"], momentum=net["momentum"])
         self.x, self.y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y.astype("int64"))
-        self.onehot = torch.nn.functional.one_hot(self.y, data.num_classes).float()
         self.test_x, self.test_y = torch.from_numpy(data.test_x), torch.from_numpy(data.test_y.astype("int64"))
 
     def epoch(self, perm):
-        torch, F = self.torch, self.torch.nn.functional
-        model, opt, bs, mse = self.model, self.opt, self.net["batch_size"], self.net["loss"] == "mse"
-        perm = torch.from_numpy(perm)
+        model, opt, bs = self.model, self.opt, self.net["batch_size"]
+        perm = self.torch.from_numpy(perm)
         t0 = time.perf_counter()
         total = 0.0
         for start in range(0, len(perm), bs):
             idx = perm[start:start + bs]
-            xb = self.x.index_select(0, idx)
-            out = model(xb)
-            if mse:   # the primer's C = 1/(2n) sum ||y - onehot||^2, as gpunn's MSE
-                loss = F.mse_loss(out, self.onehot.index_select(0, idx), reduction="sum") * (0.5 / len(idx))
-            else:
-                loss = F.cross_entropy(out, self.y.index_select(0, idx))
+            loss = self.loss(model(self.x.index_select(0, idx)), self.y.index_select(0, idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -274,30 +220,6 @@ class Textbook:
 # ---------------------------------------------------------------------------- the run
 
 
-def describe_machine(threads):
-    import numpy as np
-
-    from gpunn.roofline import cpu_model
-
-    cpu = cpu_model()
-    blas = "?"
-    try:
-        cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        blas = f"{cfg.get('name')} {cfg.get('version')}"
-    except Exception:  # an older NumPy has no mode="dicts"
-        pass
-    try:   # the kernel OpenBLAS runs (OPENBLAS_CORETYPE forces one), when threadpoolctl is installed
-        from threadpoolctl import threadpool_info
-
-        kernels = {i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"}
-        blas += f", {'/'.join(sorted(k for k in kernels if k))} kernels" if any(kernels) else ""
-    except ImportError:
-        pass
-    coretype = os.environ.get("OPENBLAS_CORETYPE")
-    return (f"{cpu}, {os.cpu_count()} cores, {threads} threads; Python {platform.python_version()}, "
-            f"NumPy {np.__version__} ({blas}, OPENBLAS_CORETYPE={coretype or 'unset'})")
-
-
 def run_net(key, data, args):
     from gpunn.data import epoch_permutation
 
@@ -306,7 +228,7 @@ def run_net(key, data, args):
     title = (f"{'-'.join(map(str, sizes))} {net['activation']}, batch {net['batch_size']}, {net['loss']}, "
              f"SGD lr {net['lr']}" + (f" + momentum {net['momentum']}" if net["momentum"] else ""))
     gp = Gpunn(net, data)   # built first: its initial weights are everyone's
-    weights = gp.initial_weights()
+    weights = initial_weights(gp.trainer.model)
     contestants, missing = [], {}
     for name in args.only:
         if name == "gpunn":
@@ -360,18 +282,16 @@ def report(result, epochs):
 def main(argv=None):
     args = parse_args(argv)
     set_threads(args.threads)
-    sys.path.insert(0, str(REPO))   # run from a checkout without installing
     data, what = load_data(args)
-    machine = describe_machine(args.threads)
+    machine = describe_cpu(args.threads)
     print(f"machine: {machine}\ndata: {what}")
     results = []
     for key in (NETS if args.net == "both" else [args.net]):
         results.append(run_net(key, data, args))
         report(results[-1], args.epochs)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "data": what, "epochs": args.epochs, "threads": args.threads,
-                       "command": " ".join(sys.argv), "results": results}, f, indent=1)
+        write_json(args.json, {"machine": machine, "data": what, "epochs": args.epochs, "threads": args.threads,
+                               "command": " ".join(sys.argv), "results": results})
     return 0
 
 

@@ -3,7 +3,7 @@ gpunn's initial weights and a PyTorch twin of a gpunn model built from them, the
 PyTorch, the median, and the JSON they write (through :mod:`gpunn.output`: whole or not at all).
 
 ``benchmarks/train_speed.py`` (the CPU) and ``benchmarks/gpu_train_speed.py`` (one GPU) import it
-from beside them.  Nothing heavy is imported here until a function needs it: the CPU benchmark
+from beside them, and ``benchmarks/torch_twins.py`` (the PyTorch loops both race) builds on it.  Nothing heavy is imported here until a function needs it: the CPU benchmark
 sets the BLAS thread count before NumPy is first imported.
 """
 from __future__ import annotations
@@ -17,6 +17,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+
+# ---------------------------------------------------------------------------- messages
+
+
+def say(*parts):
+    print(*parts, flush=True)
+
+
+def error_text(exc) -> str:
+    """``Type: first line`` of an exception, for a result's row."""
+    first = str(exc).splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+class Unavailable(Exception):
+    """A contestant that cannot run here (no PyTorch, no CUDA device): its row says why."""
 
 
 # ---------------------------------------------------------------------------- data

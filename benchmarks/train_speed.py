@@ -36,7 +36,7 @@ import statistics
 import sys
 import time
 
-from benchlib import add_data_options, describe_cpu, initial_weights, load_data, torch_loss, torch_twin, write_json
+from benchlib import Unavailable, add_data_options, describe_cpu, initial_weights, load_data, write_json
 
 NETS = {
     "big": dict(hidden=(512, 512), activation="relu", loss="cross-entropy", output_activation="identity",
@@ -80,18 +80,14 @@ class Gpunn:
 
     label = "gpunn"
 
-    def __init__(self, net, data):
-        from gpunn.train import TrainConfig, Trainer
+    def __init__(self, cfg, data):
+        from gpunn.train import Trainer
 
-        cfg = TrainConfig(hidden=net["hidden"], activation=net["activation"], loss=net["loss"],
-                          output_activation=net["output_activation"], batch_size=net["batch_size"],
-                          lr=net["lr"], momentum=net["momentum"], nesterov=False, lr_schedule="constant",
-                          epochs=10**6, seed=0)
         self.trainer = Trainer(cfg, data, backend="numpy", progress=False, log=lambda s: None)
         self.label = f"gpunn [{self.trainer.backend.describe()}]"
 
-    def epoch(self, perm):
-        # the Trainer draws the same permutation itself (epoch_permutation(n, seed, epoch))
+    def epoch(self, e):
+        # the Trainer draws epoch e's permutation itself (epoch_permutation(n, seed, epoch))
         return self.trainer.run_epoch().seconds
 
     def accuracy(self):
@@ -104,40 +100,28 @@ class Gpunn:
 
 
 class Torch:
-    """The idiomatic PyTorch loop: nn.Sequential, torch.optim.SGD, zero_grad/backward/step."""
+    """The idiomatic PyTorch loop (benchmarks/torch_twins.py's TorchEager) on the CPU: the twin of
+    gpunn's model, torch.optim.SGD, zero_grad/forward/loss/backward/step."""
 
-    def __init__(self, net, data, weights, threads):
+    def __init__(self, cfg, data, weights, threads):
         import torch
 
+        from gpunn.optim import Schedule
+        from torch_twins import TorchContext, TorchEager
+
         torch.set_num_threads(threads)
-        self.torch, self.net = torch, net
         cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "")()
         self.label = f"pytorch {torch.__version__}" + (f" [{cap}]" if cap else "")
-        self.model = torch_twin(torch, weights, net["activation"], net["output_activation"])
-        self.loss = torch_loss(torch, net["loss"], int(data.num_classes))
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=net["lr"], momentum=net["momentum"])
-        self.x, self.y = torch.from_numpy(data.train_x), torch.from_numpy(data.train_y.astype("int64"))
-        self.test_x, self.test_y = torch.from_numpy(data.test_x), torch.from_numpy(data.test_y.astype("int64"))
+        steps = -(-len(data.train_y) // cfg.batch_size)
+        schedule = Schedule(cfg.lr_schedule, cfg.lr, cfg.epochs, steps)
+        self.run = TorchEager(TorchContext("cpu", cfg, data, weights, schedule, steps))
 
-    def epoch(self, perm):
-        model, opt, bs = self.model, self.opt, self.net["batch_size"]
-        perm = self.torch.from_numpy(perm)
-        t0 = time.perf_counter()
-        total = 0.0
-        for start in range(0, len(perm), bs):
-            idx = perm[start:start + bs]
-            loss = self.loss(model(self.x.index_select(0, idx)), self.y.index_select(0, idx))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-        return time.perf_counter() - t0
+    def epoch(self, e):
+        return self.run.epoch(e)
 
     def accuracy(self):
         t0 = time.perf_counter()
-        with self.torch.no_grad():
-            pred = self.model(self.test_x).argmax(1)
-        acc = (pred == self.test_y).double().mean().item()
+        acc = self.run.accuracy()
         return acc, time.perf_counter() - t0
 
 
@@ -168,8 +152,11 @@ class Textbook:
             acts.append(self._act(acts[-1] @ w + b, self.net["activation"] if i < last else self.net["output_activation"]))
         return acts
 
-    def epoch(self, perm):
+    def epoch(self, e):
+        from gpunn.data import epoch_permutation
+
         np, net = self.np, self.net
+        perm = epoch_permutation(len(self.data.train_y), 0, e)  # the batches gpunn's Trainer visits
         x, y, bs, lr, mom = self.data.train_x, self.data.train_y, net["batch_size"], net["lr"], net["momentum"]
         lr, mom = np.float32(lr), np.float32(mom)
         t0 = time.perf_counter()
@@ -221,13 +208,17 @@ class Textbook:
 
 
 def run_net(key, data, args):
-    from gpunn.data import epoch_permutation
+    from gpunn.train import TrainConfig
 
     net = NETS[key]
+    cfg = TrainConfig(hidden=net["hidden"], activation=net["activation"], loss=net["loss"],
+                      output_activation=net["output_activation"], batch_size=net["batch_size"],
+                      lr=net["lr"], momentum=net["momentum"], nesterov=False, lr_schedule="constant",
+                      epochs=10**6, seed=0)
     sizes = [data.train_x.shape[1], *net["hidden"], data.num_classes]
     title = (f"{'-'.join(map(str, sizes))} {net['activation']}, batch {net['batch_size']}, {net['loss']}, "
              f"SGD lr {net['lr']}" + (f" + momentum {net['momentum']}" if net["momentum"] else ""))
-    gp = Gpunn(net, data)   # built first: its initial weights are everyone's
+    gp = Gpunn(cfg, data)   # built first: its initial weights are everyone's
     weights = initial_weights(gp.trainer.model)
     contestants, missing = [], {}
     for name in args.only:
@@ -237,16 +228,14 @@ def run_net(key, data, args):
             contestants.append(Textbook(net, data, weights))
         else:
             try:
-                contestants.append(Torch(net, data, weights, args.threads))
-            except ImportError as exc:
+                contestants.append(Torch(cfg, data, weights, args.threads))
+            except (ImportError, Unavailable) as exc:
                 missing["pytorch"] = f"not installed ({exc}); pip install torch==2.13.0 to compare"
     times = {c.label: [] for c in contestants}
-    n = data.train_x.shape[0]
     for e in range(args.epochs):
-        perm = epoch_permutation(n, 0, e)
         k = e % len(contestants)
         for c in contestants[k:] + contestants[:k]:   # rotate who goes first
-            times[c.label].append(c.epoch(perm))
+            times[c.label].append(c.epoch(e))
     rows = []
     for c in contestants:
         acc, eval_s = c.accuracy()

@@ -16,7 +16,7 @@ import numpy as np
 
 from gpunn.errors import ShapeError
 
-__all__ = ["COUNT", "F32_MAX", "LEARNING_RATE", "MOMENTUM", "WEIGHT_DECAY", "ScalarRule", "array", "array_type",
+__all__ = ["BETA", "COUNT", "EPSILON", "F32_MAX", "LEARNING_RATE", "MOMENTUM", "WEIGHT_DECAY", "ScalarRule", "array", "array_type",
            "as_float32", "float32", "int32", "is_finite_real", "is_integer", "is_real", "labels_in_range", "loss_args", "rate"]
 
 # ---------------------------------------------------------------------------- arrays
@@ -137,6 +137,10 @@ def as_float32(v) -> float:
 LEARNING_RATE = ScalarRule("a positive finite number (as float32: at most 3.4e38)",
                            lambda v: is_real(v) and v > 0 and math.isfinite(as_float32(v)))
 MOMENTUM = ScalarRule("a number in [0, 1) (in float32)", lambda v: is_real(v) and 0 <= as_float32(v) < 1)
+BETA = ScalarRule("a number in [0, 1) (in float32)", lambda v: is_real(v) and 0 <= as_float32(v) < 1)
+EPSILON = ScalarRule("a positive finite number (as float32: at least 1.2e-38, at most 3.4e38)",
+                     lambda v: is_real(v) and v > 0 and as_float32(v) >= float(np.finfo(np.float32).tiny)
+                     and math.isfinite(as_float32(v)))
 WEIGHT_DECAY = ScalarRule("a finite number >= 0 (as float32: at most 3.4e38)", lambda v: is_real(v) and math.isfinite(as_float32(v)) and v >= 0)
 
 

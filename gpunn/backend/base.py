@@ -167,6 +167,16 @@ class Backend(abc.ABC):
         self.unchecked.sgd_update(
             *OPS["sgd_update"].check(self, param, grad, velocity, lr, momentum, weight_decay, nesterov))
 
+    @_documented(OPS["adam_update"])
+    def adam_update(self, param, grad, m, v, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                    decoupled=False):
+        self.unchecked.adam_update(*OPS["adam_update"].check(self, param, grad, m, v, lr, step, beta1, beta2, eps,
+                                                             weight_decay, decoupled))
+
+    @_documented(OPS["count_step"])
+    def count_step(self, step):
+        self.unchecked.count_step(*OPS["count_step"].check(self, step))
+
     @_documented(OPS["count_correct"])
     def count_correct(self, scores, labels, out):
         self.unchecked.count_correct(*OPS["count_correct"].check(self, scores, labels, out))
@@ -234,6 +244,13 @@ class Unchecked:
 
     def sgd_update(self, param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
         self.impl._sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov)
+
+    def adam_update(self, param, grad, m, v, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                    decoupled=False):
+        self.impl._adam_update(param, grad, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled)
+
+    def count_step(self, step):
+        self.impl._count_step(step)
 
     def count_correct(self, scores, labels, out):
         self.impl._count_correct(scores, labels, out)

@@ -45,6 +45,7 @@ from gpunn.errors import BackendUnavailable, GraphUnavailable
 from gpunn.kernels import (
     FAMILIES,
     act_backward,
+    adam,
     batch,
     bias_act,
     bias_grad,
@@ -396,6 +397,18 @@ class CudaBackend(Backend):
                         (param.reshape(-1), grad.reshape(-1), v, f32(0.0 if on_device else lr),
                          lr if on_device else self._dummy, i32(on_device), f32(momentum), f32(weight_decay),
                          i32(nesterov)))])
+
+    def _adam_update(self, param, grad, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled):
+        on_device = hasattr(lr, "shape")  # a device scalar the kernel reads, or a number fixed now
+        self._queue("adam_update", (param, grad, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled),
+                    lambda: [("adam_update", adam.adam_kernel,
+                              *adam.launch_config(param.size, self.elementwise_threads, self.max_blocks),
+                              (param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1),
+                               f32(0.0 if on_device else lr), lr if on_device else self._dummy, i32(on_device), step,
+                               f32(beta1), f32(beta2), f32(eps), f32(weight_decay), i32(decoupled)))])
+
+    def _count_step(self, step):
+        self._queue("count_step", (step,), lambda: [("count_step", adam.step_kernel, 1, 1, (step,))])
 
     def _count_correct(self, scores, labels, out):
         self._queue("count_correct", (scores, labels, out), lambda: [(

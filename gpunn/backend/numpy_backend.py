@@ -217,6 +217,38 @@ class NumpyBackend(Backend):
         np.multiply(step, self.dtype.type(lr if np.isscalar(lr) else lr[0]), out=t)  # lr: a number or lr[0]
         param -= t
 
+    # Adam / AdamW (PyTorch's), the moments m and v in place, t = step[0]
+    def _adam_update(self, param, grad, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled):
+        f = self.dtype.type
+        lr, beta1, beta2, eps, wd = f(lr if np.isscalar(lr) else lr[0]), f(beta1), f(beta2), f(eps), f(weight_decay)
+        g = grad
+        if wd:
+            if decoupled:
+                param *= f(1) - lr * wd                     # AdamW: decay the weights themselves
+            else:
+                g = self._workspace("adam_g", param.shape)  # Adam: decay through the gradient
+                np.multiply(param, wd, out=g)
+                g += grad
+        t = self._workspace("adam_t", param.shape)
+        np.subtract(g, m, out=t)
+        t *= f(1) - beta1
+        m += t                                              # m = m + (1 - b1)(g - m)
+        v *= beta2
+        np.multiply(g, g, out=t)
+        t *= f(1) - beta2
+        v += t                                              # v = b2 v + (1 - b2) g²
+        n = f(step[0])
+        step_size, bc2_sqrt = lr / (f(1) - beta1 ** n), np.sqrt(f(1) - beta2 ** n)
+        np.sqrt(v, out=t)
+        t /= bc2_sqrt
+        t += eps                                            # sqrt(v) / sqrt(1 - b2^t) + eps
+        np.divide(m, t, out=t)
+        t *= step_size
+        param -= t                                          # p -= lr / (1 - b1^t) * m / denom
+
+    def _count_step(self, step):
+        step[0] += 1
+
     # out[0] += count(argmax(scores) == label)
     def _count_correct(self, scores, labels, out):
         n = scores.shape[0]

@@ -12,6 +12,7 @@ per logit) are single compiled loops, one pass each:
 op                          fused loop
 ==========================  ===========================================================
 ``sgd_update``              ``v = m*v + g; p -= lr*v`` (and weight decay, Nesterov)
+``adam_update``             Adam / AdamW: kernels/update_rules.py's rule, the GPU kernel's too
 ``bias_act``                ``out = f(x + b)`` for each activation without tanh (relu, identity)
 ``act_backward``            ``out = dy * f'(s)`` for each derivative without tanh (all but GELU, SiLU)
 ``softmax_cross_entropy``   per row: max, exp, sum, log, gradient, loss
@@ -43,7 +44,7 @@ from numba import config as numba_config
 from numba import njit
 
 from gpunn.backend.numpy_backend import NumpyBackend
-from gpunn.kernels import activations
+from gpunn.kernels import activations, update_rules
 from gpunn.kernels.activations import ACTIVATIONS, compiled_forms
 
 # cache=True: compiled once per machine (in __pycache__), loaded in milliseconds after
@@ -90,18 +91,28 @@ def _backward_loop(s, dy, out):
 
 
 # Numba's on-disk cache knows only the file a function is in, not the files of what it calls:
-# the loops' cache names carry a digest of the records' file, so an edited formula is recompiled.
-_RECORDS_DIGEST = hashlib.sha256(Path(activations.__file__).read_bytes()).hexdigest()[:12]
+# the loops' cache names carry a digest of the formulas' files, so an edited formula is recompiled.
+_RECORDS_DIGEST = hashlib.sha256(b"".join(Path(m.__file__).read_bytes()
+                                          for m in (activations, update_rules))).hexdigest()[:12]
 
 
 def _bound_loop(loop, formula, name):
     """``loop``'s code with ``formula`` as its global, compiled and cached under a name of its own
     (Numba's on-disk cache is keyed by the function's qualified name: one file per activation
-    and version of kernels/activations.py)."""
+    and version of kernels/activations.py and kernels/update_rules.py)."""
     name = f"{name}_{_RECORDS_DIGEST}"
     fn = types.FunctionType(loop.__code__, {**loop.__globals__, "formula": formula}, name)
     fn.__qualname__ = name
     return _jit(fn)
+
+
+def _adam_loop(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, t):
+    """(P,) arrays in place: one Adam(W) step, kernels/update_rules.py's ``adam_rule`` per element
+    (the global ``formula`` its copy binds)."""
+    step_size, bc2_sqrt = corrections(lr, beta1, beta2, t)  # noqa: F821 - bound below
+    for i in range(param.shape[0]):
+        param[i], m[i], v[i] = formula(param[i], grad[i], m[i], v[i], lr, beta1, beta2, eps,  # noqa: F821
+                                       weight_decay, decoupled, step_size, bc2_sqrt)
 
 
 # ---------------------------------------------------------------------------- per row
@@ -186,6 +197,11 @@ _BACKWARD = {name: _bound_loop(_backward_loop, _FORMS[name][1], f"{name}_backwar
              for name, a in ACTIVATIONS.items() if _plain(a.backward)}
 
 
+_ADAM = _bound_loop(types.FunctionType(_adam_loop.__code__, {**_adam_loop.__globals__,
+                                                              "corrections": _jit(update_rules.adam_corrections)}),
+                    _jit(update_rules.adam_rule), "adam_update")
+
+
 def jit_enabled() -> bool:
     """False under NUMBA_DISABLE_JIT, where these loops would run as slow Python."""
     return not numba_config.DISABLE_JIT
@@ -229,6 +245,11 @@ class FusedNumpyBackend(NumpyBackend):
         v = velocity.reshape(-1) if momentum else param.reshape(-1)[:0]
         lr = F32(lr if np.isscalar(lr) else lr[0])  # a number, or a one-element array holding it
         sgd_update(param.reshape(-1), grad.reshape(-1), v, lr, F32(momentum), F32(weight_decay), nesterov)
+
+    def _adam_update(self, param, grad, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled):
+        lr = F32(lr if np.isscalar(lr) else lr[0])  # a number, or a one-element array holding it
+        _ADAM(param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), lr, F32(beta1), F32(beta2),
+              F32(eps), F32(weight_decay), bool(decoupled), int(step[0]))
 
     def _count_correct(self, scores, labels, out):
         out[0] += count_correct(scores, labels)

@@ -31,7 +31,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from gpunn.checks import MOMENTUM, WEIGHT_DECAY, array, int32, labels_in_range, loss_args, rate
+from gpunn.checks import BETA, EPSILON, MOMENTUM, WEIGHT_DECAY, array, int32, labels_in_range, loss_args, rate
 from gpunn.errors import ShapeError
 from gpunn.kernels.activations import ACTIVATIONS as ACTIVATION_RECORDS
 from gpunn.kernels.activations import NAMES
@@ -123,6 +123,18 @@ def sgd_update_cost(p: int, momentum: float, weight_decay: float, nesterov: bool
         flops += 2 + (2 if nesterov else 0)
         arrays += 2
     return Cost(flops * p, F32 * arrays * p)
+
+
+def adam_update_cost(p: int, weight_decay: float) -> Cost:
+    """One fused pass over a parameter: the two moments (3 + 4 FLOPs per element), the step
+    (sqrt, divide, add, divide, multiply, subtract: 6), weight decay (2); reads p, g, m, v and
+    writes p, m, v."""
+    return Cost((13 + (2 if weight_decay else 0)) * p, F32 * 7 * p)
+
+
+def count_step_cost() -> Cost:
+    """``step[0] += 1``: one add; reads and writes one word."""
+    return Cost(1, I32 * 2)
 
 
 def count_correct_cost(n: int, c: int) -> Cost:
@@ -360,6 +372,45 @@ def sgd_update(backend, param, grad, velocity, lr, momentum=0.0, weight_decay=0.
     if momentum:
         array("sgd_update", "velocity", velocity, shape=param.shape, dtype=backend.dtype, backend=backend)
     return param, grad, velocity, rate("sgd_update", backend, lr), momentum, weight_decay, bool(nesterov)
+
+
+def _adam_variant(beta1, beta2, eps, weight_decay, decoupled, **_):
+    name = "AdamW" if decoupled and weight_decay else "Adam"
+    return f"{name} betas=({beta1:g}, {beta2:g}), eps={eps:g}" + (f", wd={weight_decay:g}" if weight_decay else "")
+
+
+@_op(cost=lambda param, weight_decay, **_: adam_update_cost(int(np.prod(param.shape)), weight_decay),
+     variant=_adam_variant)
+def adam_update(backend, param, grad, m, v, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                decoupled=False):
+    """One fused Adam (or, ``decoupled``, AdamW) step on one parameter, in place (PyTorch's
+    ``torch.optim.Adam``/``AdamW``).
+
+    Adam: ``g = grad + weight_decay * param``; AdamW: ``param *= 1 - lr * weight_decay``, g = grad.
+    ``m = m + (1 - beta1) (g - m)``; ``v = beta2 v + (1 - beta2) g²``;
+    ``param -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)``.
+
+    m, v: the moments, param's shape; ``step`` (1,) int32 on the device holds t, the number of
+    this step (1 for the first; see ``count_step``), read when the op runs, as a number ``lr``
+    may be or a one-element device array (so a step replayed as a CUDA graph uses the count and
+    rate of the moment)."""
+    array("adam_update", "param", param, dtype=backend.dtype, backend=backend)
+    for name, a in (("grad", grad), ("m", m), ("v", v)):
+        array("adam_update", name, a, shape=param.shape, dtype=backend.dtype, backend=backend)
+    array("adam_update", "step", step, shape=(1,), dtype=int32, backend=backend)
+    beta1 = BETA.check("adam_update", "beta1", beta1)
+    beta2 = BETA.check("adam_update", "beta2", beta2)
+    eps = EPSILON.check("adam_update", "eps", eps)
+    weight_decay = WEIGHT_DECAY.check("adam_update", "weight_decay", weight_decay)
+    return param, grad, m, v, rate("adam_update", backend, lr), step, beta1, beta2, eps, weight_decay, bool(decoupled)
+
+
+@_op(cost=lambda **_: count_step_cost())
+def count_step(backend, step):
+    """``step[0] += 1``: an optimizer's step count, on the device (step (1,) int32), so that a step
+    replayed as a CUDA graph counts too.  Adam counts before its updates read the count."""
+    array("count_step", "step", step, shape=(1,), dtype=int32, backend=backend)
+    return (step,)
 
 
 @_op(cost=lambda scores, **_: count_correct_cost(*scores.shape))

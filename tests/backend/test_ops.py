@@ -383,3 +383,27 @@ def test_reductions_are_bit_identical_run_to_run(backend):
     first, second = run(backend, op, arrays), run(backend, op, arrays)
     for name in arrays:
         assert first[name].tobytes() == second[name].tobytes(), name
+
+
+# ---------------------------------------------------------------------------- adam
+ADAM_SETTINGS = [(0.0, False), (1e-2, False), (1e-2, True)]  # (weight_decay, decoupled)
+
+
+@pytest.mark.parametrize("weight_decay, decoupled", ADAM_SETTINGS)
+@pytest.mark.parametrize("shape", [(33,), (257, 33)], ids=str)
+def test_adam_update(backend, shape, weight_decay, decoupled):
+    """Three steps (the count on the device, the moments carried over), the rate a number, then
+    a device array changed between steps."""
+    rng = rng_for("adam", shape, weight_decay, decoupled)
+    arrays = {"p": normal(rng, shape), "g": normal(rng, shape), "m": normal(rng, shape, 0.1),
+              "v": np.abs(normal(rng, shape, 0.1)), "t": np.array([4], np.int32), "lr": np.array([1e-3], np.float32)}
+
+    def op(be, d):
+        for i, rate in enumerate((1e-3, 3e-3, 5e-4)):
+            be.count_step(d["t"])
+            be.upload(np.array([rate], np.float32), d["lr"])
+            be.adam_update(d["p"], d["g"], d["m"], d["v"], rate if i == 0 else d["lr"], d["t"], 0.9, 0.999, 1e-8,
+                           weight_decay, decoupled)
+
+    got = check(backend, op, **arrays)
+    assert got["t"][0] == 7

@@ -1,8 +1,9 @@
 """Checkpoints: weights, optimizer state and training position in a pickle-free ``.npz``.
 
 Layout: ``format`` (a string), ``meta`` (JSON: model config, training options,
-epoch/step position), ``param/<i>`` arrays and the optimizer's state as ``<name>/<i>`` arrays
-(``optimizer.state()``: SGD's momentum is ``velocity/<i>``).  Written by
+epoch/step position, the optimizer's name and counters), ``param/<i>`` arrays and the
+optimizer's state as ``<name>/<i>`` arrays (``optimizer.state()``: SGD's momentum is
+``velocity/<i>``, Adam's moments ``m/<i>`` and ``v/<i>``; Adam's step count is a counter).  Written by
 :func:`gpunn.output.atomic_write`: to a temporary file in the same folder, flushed,
 fsynced and renamed over the target, so a crash mid-write leaves the previous checkpoint
 intact (a symlink is written through, a FIFO or device written into).
@@ -45,6 +46,9 @@ def save(path, model, optimizer=None, meta=None):
     be = model.backend
     arrays = {"format": np.array(FORMAT)}
     info = {"model": model.config(), **(meta or {})}
+    if optimizer is not None:  # its name, and its device counters (Adam's step count) as numbers
+        info["optimizer"] = {"name": optimizer.name,
+                             "counters": {k: int(be.to_numpy(c)[0]) for k, c in optimizer.counters().items()}}
     arrays["meta"] = np.array(json.dumps(info))
     for i, p in enumerate(model.params):
         arrays[f"param/{i}"] = be.to_numpy(p)
@@ -345,6 +349,7 @@ def restore(path, model, optimizer=None):
         if not isinstance(saved, list) or not all(isinstance(c, dict) for c in saved):
             raise CheckpointError(f"{path}: model: a model configuration is a list of layers")
         check_architecture(path, saved, model.config())
+        counters = _check_counters(path, ck.meta, optimizer) if optimizer is not None else {}
         be = model.backend
         _check_names(ck, "param/", len(model.params), required=True)
         arrays = [ck.array(f"param/{i}", dst.shape) for i, dst in enumerate(model.params)]
@@ -362,4 +367,27 @@ def restore(path, model, optimizer=None):
             dst[...] = be.asarray(src)
         for dst, src in states:
             dst[...] = be.asarray(src)
+        for name, value in counters.items():
+            be.upload(np.array([value], np.int32), optimizer.counters()[name])
         return ck.meta
+
+
+def _check_counters(path, meta, optimizer) -> dict:
+    """The optimizer's counters saved in ``meta`` (``{"optimizer": {"name", "counters"}}``), each
+    an int32 >= 0; CheckpointError naming the entry when one is missing or wrong, or when the
+    checkpoint's optimizer is another."""
+    saved = meta.get("optimizer")
+    if saved is None:  # a checkpoint from before optimizers were named: SGD's, which has no counters
+        saved = {"name": "sgd", "counters": {}}
+    if not isinstance(saved, dict) or not isinstance(saved.get("counters"), dict):
+        raise CheckpointError(f"{path}: optimizer must be a record of name and counters, got {str(saved)[:80]}")
+    if saved.get("name") != optimizer.name:
+        raise CheckpointError(f"{path}: optimizer: the checkpoint holds {str(saved.get('name'))[:40]}'s state, "
+                              f"this run's optimizer is {optimizer.name}")
+    out = {}
+    for name in optimizer.counters():
+        value = saved["counters"].get(name)
+        if not (is_integer(value) and 0 <= value < 2**31):
+            raise CheckpointError(f"{path}: optimizer.counters.{name} must be an integer in [0, 2^31), got {value!r}")
+        out[name] = int(value)
+    return out

@@ -28,6 +28,7 @@ class Optimizer:
 
     name = "optimizer"  # its word on the command line (--optimizer) and in configurations
     op = "update"  # its update op's name: where its array checks say a problem is
+    default_weight_decay = 0.0
 
     def __init__(self, params, grads, lr, backend):
         kind = type(self).__name__
@@ -136,7 +137,6 @@ class Adam(Optimizer):
 
     name, op = "adam", "adam_update"
     decoupled = False  # AdamW's decay of the weights themselves
-    default_weight_decay = 0.0
 
     def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=None, *, backend):
         kind = type(self).__name__
@@ -185,6 +185,16 @@ class AdamW(Adam):
 
 #: The optimizers by their command-line word.
 OPTIMIZERS = {o.name: o for o in (SGD, Adam, AdamW)}
+
+
+def make_optimizer(cfg, params, grads, backend):
+    """The optimizer a run's options name (``cfg``: a TrainConfig, or anything with its fields)."""
+    if cfg.optimizer == "sgd":
+        return SGD(params, grads, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, backend=backend)
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg.optimizer](params, grads, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay,
+                                     backend=backend)
 
 
 class Schedule:

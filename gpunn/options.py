@@ -16,11 +16,11 @@ import sys
 
 from gpunn.backend.cublas import GEMM_IMPLEMENTATIONS
 from gpunn.backend.ops import ACTIVATIONS
-from gpunn.checks import LEARNING_RATE, MOMENTUM, WEIGHT_DECAY
+from gpunn.checks import BETA, EPSILON, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY
 from gpunn.errors import GpunnError
 from gpunn.layers import OUTPUT_ACTIVATIONS
 from gpunn.losses import LOSSES
-from gpunn.optim import Schedule
+from gpunn.optim import OPTIMIZERS, Schedule
 
 #: ``--activation``: the activations a hidden layer may have (identity would collapse the network).
 HIDDEN_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "identity")
@@ -49,6 +49,8 @@ nonneg_int = number(int, lambda v: v >= 0, "an integer >= 0")
 learning_rate = number(float, LEARNING_RATE.ok, LEARNING_RATE.what)
 momentum = number(float, MOMENTUM.ok, MOMENTUM.what)
 weight_decay = number(float, WEIGHT_DECAY.ok, WEIGHT_DECAY.what)
+beta = number(float, BETA.ok, BETA.what)
+epsilon = number(float, EPSILON.ok, EPSILON.what)
 
 
 def hidden_sizes(text):
@@ -132,18 +134,28 @@ def add_model_options(p, defaults):
                    help="last layer's activation (default: identity for cross-entropy, sigmoid for mse)")
     p.add_argument("--epochs", type=positive_int, default=None, help=f"epochs (default: {defaults.epochs})")
     p.add_argument("--batch-size", type=positive_int, default=None, help=f"mini-batch size (default: {defaults.batch_size})")
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=None,
+                   help=f"optimizer, as PyTorch's SGD, Adam, AdamW (default: {defaults.optimizer}; try --optimizer adamw --lr 1e-3)")
     p.add_argument("--lr", type=learning_rate, default=None, help=f"learning rate (default: {defaults.lr})")
     p.add_argument("--momentum", type=momentum, default=None, help=f"SGD momentum (default: {defaults.momentum})")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help=f"Nesterov momentum (default: {defaults.nesterov})")
-    p.add_argument("--weight-decay", type=weight_decay, default=None, help=f"L2 weight decay (default: {defaults.weight_decay})")
+    p.add_argument("--beta1", type=beta, default=None, help=f"Adam/AdamW first-moment decay (default: {defaults.beta1})")
+    p.add_argument("--beta2", type=beta, default=None, help=f"Adam/AdamW second-moment decay (default: {defaults.beta2})")
+    p.add_argument("--eps", type=epsilon, default=None, help=f"Adam/AdamW epsilon (default: {defaults.eps:g})")
+    p.add_argument("--weight-decay", type=weight_decay, default=None,
+                   help="weight decay: L2 through the gradient for sgd and adam, decoupled for adamw "
+                        "(default: 0, and 0.01 for adamw)")
     p.add_argument("--lr-schedule", choices=Schedule.NAMES, default=None, help=f"learning-rate schedule (default: {defaults.lr_schedule})")
     p.add_argument("--step-size", type=positive_int, default=None, help="step schedule: epochs between decays (default: epochs/3)")
     p.add_argument("--gamma", type=positive_float, default=None, help="step schedule: decay factor (default: 0.1)")
     p.add_argument("--seed", type=nonneg_int, default=None, help=f"seed for initialisation and shuffling (default: {defaults.seed})")
 
 
-MODEL_FIELDS = ("hidden", "activation", "loss", "output_activation", "epochs", "batch_size", "lr", "momentum",
-                "nesterov", "weight_decay", "lr_schedule", "step_size", "gamma", "seed")
+MODEL_FIELDS = ("hidden", "activation", "loss", "output_activation", "epochs", "batch_size", "optimizer", "lr",
+                "momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps", "lr_schedule", "step_size", "gamma",
+                "seed")
+#: the options that only one kind of optimizer reads: given with another, they are an error
+_OPTIMIZER_OPTIONS = {"sgd": ("momentum", "nesterov"), "adam": ("beta1", "beta2", "eps")}
 
 
 def train_config(args, base=None):
@@ -151,7 +163,17 @@ def train_config(args, base=None):
     from gpunn.train import TrainConfig
 
     values = dict(base or {})
-    values.update({k: getattr(args, k) for k in MODEL_FIELDS if getattr(args, k, None) is not None})
+    given = {k: getattr(args, k) for k in MODEL_FIELDS if getattr(args, k, None) is not None}
+    kind = "sgd" if given.get("optimizer", values.get("optimizer", "sgd")) == "sgd" else "adam"
+    for other, names in _OPTIMIZER_OPTIONS.items():
+        stray = [n for n in names if n in given]
+        if other != kind and stray:
+            raise GpunnError(f"--{stray[0].replace('_', '-')} is {'SGD' if other == 'sgd' else 'Adam and AdamW'}'s "
+                             f"option; this run's optimizer is {given.get('optimizer', values.get('optimizer', 'sgd'))}")
+    if "optimizer" in given and base and given["optimizer"] != base.get("optimizer", "sgd"):
+        raise GpunnError(f"--optimizer {given['optimizer']}: the checkpoint was trained with "
+                         f"{base.get('optimizer', 'sgd')}, whose state a resumed run continues")
+    values.update(given)
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:  # a checkpoint from another version of gpunn
         raise GpunnError(f"the checkpoint's training options include ones this gpunn does not know: {', '.join(unknown)}")

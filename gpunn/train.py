@@ -35,14 +35,14 @@ import numpy as np
 from gpunn import checkpoint
 from gpunn.backend import get_backend
 from gpunn.backend.ops import ACTIVATIONS
-from gpunn.checks import COUNT, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, is_integer
+from gpunn.checks import BETA, COUNT, EPSILON, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, is_integer
 from gpunn.data import batch_slices, epoch_permutation
 from gpunn.errors import CheckpointError, DataError, TrainingDiverged
 from gpunn.instrument import annotate_nvtx
 from gpunn.layers import OUTPUT_ACTIVATIONS, mlp
 from gpunn.loop import DeviceLoop, GraphedStep, global_step, graph_setting
 from gpunn.losses import LOSSES, get_loss
-from gpunn.optim import SGD, Schedule
+from gpunn.optim import OPTIMIZERS, Schedule, make_optimizer
 
 
 @dataclass
@@ -56,10 +56,17 @@ class TrainConfig:
     output_activation: str | None = None
     epochs: int = 12
     batch_size: int = 128
+    #: sgd, adam or adamw (gpunn.optim.OPTIMIZERS); momentum and nesterov are SGD's, the betas and
+    #: eps Adam's and AdamW's
+    optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
-    weight_decay: float = 0.0
+    #: None: the optimizer's default (0 for sgd and adam, 0.01 for adamw, as PyTorch's)
+    weight_decay: float | None = None
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
     lr_schedule: str = "cosine"
     step_size: int | None = None
     gamma: float = 0.1
@@ -71,6 +78,8 @@ class TrainConfig:
             self.hidden = tuple(self.hidden)
         if self.output_activation is None and self.loss in LOSSES:
             self.output_activation = "identity" if self.loss == "cross-entropy" else "sigmoid"
+        if self.weight_decay is None and self.optimizer in OPTIMIZERS:
+            self.weight_decay = OPTIMIZERS[self.optimizer].default_weight_decay
         self.validate()
 
     def validate(self):
@@ -104,10 +113,14 @@ _FIELD_RULES = (
     ("output_activation", _one_of(OUTPUT_ACTIVATIONS), f"one of {', '.join(OUTPUT_ACTIVATIONS)} (unknown output activation)"),
     ("epochs", COUNT.ok, "a positive integer"),
     ("batch_size", COUNT.ok, "a positive integer (the batch size)"),
+    ("optimizer", _one_of(OPTIMIZERS), f"one of {', '.join(OPTIMIZERS)} (unknown optimizer)"),
     ("lr", LEARNING_RATE.ok, f"{LEARNING_RATE.what} (the learning rate)"),
     ("momentum", MOMENTUM.ok, MOMENTUM.what),
     ("nesterov", lambda v: isinstance(v, (bool, np.bool_)), "true or false"),
     ("weight_decay", WEIGHT_DECAY.ok, WEIGHT_DECAY.what),
+    ("beta1", BETA.ok, f"{BETA.what} (Adam's first-moment decay)"),
+    ("beta2", BETA.ok, f"{BETA.what} (Adam's second-moment decay)"),
+    ("eps", EPSILON.ok, f"{EPSILON.what} (Adam's epsilon)"),
     ("lr_schedule", _one_of(Schedule.NAMES), f"one of {', '.join(Schedule.NAMES)} (unknown learning-rate schedule)"),
     ("step_size", lambda v: v is None or COUNT.ok(v), "a positive integer (epochs between decays) or null"),
     ("gamma", lambda v: LEARNING_RATE.ok(v), "a positive finite number (the step schedule's decay factor)"),
@@ -217,8 +230,7 @@ class Trainer:
         self.num_classes = int(d.num_classes)
         self.model = build_model(cfg, self.in_features, self.num_classes, be)
         self.loss_fn = get_loss(cfg.loss, be, check_labels=False)  # check_dataset checked them once
-        self.optimizer = SGD(self.model.params, self.model.grads, cfg.lr, cfg.momentum,
-                             cfg.weight_decay, cfg.nesterov, backend=be)
+        self.optimizer = make_optimizer(cfg, self.model.params, self.model.grads, be)
         annotate_nvtx(self.model, self.optimizer)  # NVTX ranges for Nsight Systems on a GPU; no-op on the CPU
         # the data set goes to the device once
         self.train_x, self.train_y = be.asarray(d.train_x), be.asarray(d.train_y, np.int32)

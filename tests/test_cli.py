@@ -76,6 +76,11 @@ def test_console_script_and_module_agree():
     (["--seed", "-1"], "expected an integer >= 0"),
     (["--metrics-json", "/nonexistent/m.json"], "folder /nonexistent does not exist"),   # before training
     (["--save", "/"], "/ is a folder"),
+    (["--optimizer", "lamb"], "invalid choice: 'lamb'"),
+    (["--optimizer", "adam", "--beta1", "1"], "expected a number in [0, 1)"),
+    (["--optimizer", "adamw", "--eps", "0"], "expected a positive finite number"),
+    (["--optimizer", "adam", "--momentum", "0.5"], "--momentum is SGD's option; this run's optimizer is adam"),
+    (["--beta2", "0.9"], "--beta2 is Adam and AdamW's option; this run's optimizer is sgd"),
 ])
 def test_bad_options_give_one_line_and_exit_2(args, needle):
     r = gpunn("train", "--backend", "numpy", *args)

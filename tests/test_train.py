@@ -270,3 +270,46 @@ def test_a_divergence_found_at_ctrl_c_names_the_rate_of_the_last_step_done(tmp_p
     assert (t.epoch, t.step) == (1, 6) and t.global_step(5) == 24
     assert f"({t.schedule(24):.4g})" in str(info.value) and t.schedule(24) != t.schedule(25)
     assert checkpoint.load(tmp_path / "ck.npz")[0]["epoch"] == 1  # the last good one, not the diverged weights
+
+
+@pytest.mark.parametrize("optimizer, wd", [("adam", 0.0), ("adamw", None)])
+def test_adam_runs_resume_mid_epoch_bit_exact_with_their_moments_and_count(tmp_path, optimizer, wd):
+    """Stop Adam(W) in the middle of an epoch, resume: the weights, both moments and the step count
+    are those of a run that never stopped (the count lives on the device and in the checkpoint)."""
+    kw = {"epochs": 2, "optimizer": optimizer, "lr": 3e-3, "weight_decay": wd, "beta1": 0.8, "eps": 1e-7}
+    straight = make(kw)
+    straight.fit()
+    assert straight.optimizer.steps_taken == 2 * straight.steps_per_epoch == 38
+    path = tmp_path / "ck.npz"
+    t = make(kw, save_path=path)
+    real_step, calls = t.train_step, []
+
+    def step_then_interrupt(*a):
+        real_step(*a)
+        calls.append(1)
+        if len(calls) == 23:
+            t._stop_requested = True
+    t.train_step = step_then_interrupt
+    with pytest.raises(Interrupted):
+        t.fit()
+    assert checkpoint.read_meta(path)["optimizer"] == {"name": optimizer, "counters": {"step": 23}}
+    resumed = make(kw)
+    resumed.restore(path)
+    assert resumed.optimizer.steps_taken == 23
+    resumed.fit()
+    for a, b in zip(params(straight), params(resumed)):
+        assert np.array_equal(a, b)
+    for name in ("m", "v"):
+        for a, b in zip(straight.optimizer.state()[name], resumed.optimizer.state()[name]):
+            assert np.array_equal(a, b)
+    assert resumed.optimizer.steps_taken == 38
+
+
+def test_a_checkpoint_of_one_optimizer_does_not_resume_another(tmp_path):
+    from gpunn.errors import CheckpointError
+
+    t = make({"epochs": 1, "optimizer": "adam", "lr": 1e-3}, save_path=tmp_path / "ck.npz")
+    t.fit()
+    other = make({"epochs": 1})
+    with pytest.raises(CheckpointError, match="the checkpoint holds adam's state, this run's optimizer is sgd"):
+        other.restore(tmp_path / "ck.npz")

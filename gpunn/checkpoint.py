@@ -339,6 +339,27 @@ def check_architecture(path, saved, model_config):
             raise CheckpointError(f"{path}: layer {i} differs: checkpoint has {_describe(a)}, the model has {_describe(b)}")
 
 
+def save_model(model, path) -> None:
+    """``gpunn.save``: a model's architecture and weights in a checkpoint at ``path`` (written whole
+    or not at all); :func:`load_model` reads it back."""
+    save(path, model)
+
+
+def load_model(path, *, backend=None):
+    """``gpunn.load``: the model a checkpoint holds (any gpunn checkpoint: ``gpunn.save``'s or a
+    training run's), built from its architecture on ``backend`` with its weights, every entry
+    checked as untrusted input first (:class:`~gpunn.errors.CheckpointError` naming the file)."""
+    from gpunn.layers import from_config
+
+    meta = read_meta(path)
+    try:
+        model = from_config(meta.get("model"), backend=backend)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: model: {exc}") from None
+    restore(path, model)
+    return model
+
+
 def restore(path, model, optimizer=None):
     """Load a checkpoint into an existing model (and optimizer); returns its meta.
 

@@ -21,6 +21,8 @@ so an optimizer can update the whole model with one fused op.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from gpunn.backend import get_backend
@@ -47,6 +49,9 @@ class Layer:
     grad_names: tuple = ()
     #: False for the first layer of a model: its input gradient is never used.
     needs_input_grad = True
+    #: True while training (the default), False in evaluation (``Sequential.train()``/``.eval()``):
+    #: a layer that behaves differently in the two (dropout) reads it
+    training = True
 
     def __init__(self, backend=None):
         self.backend = get_backend(backend)
@@ -312,6 +317,28 @@ class Sequential:
             x = layer.forward(x)
         return x
 
+    __call__ = forward  # model(x), as in PyTorch and Keras
+
+    def parameters(self):
+        """Every parameter array (:attr:`params`), for an optimizer: ``AdamW(model.parameters(),
+        model.grads, backend=be)``."""
+        return self.params
+
+    def train(self, mode: bool = True):
+        """Training mode (the default) for every layer, or evaluation mode with ``mode=False``;
+        returns the model."""
+        for layer in self.layers:
+            layer.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode (what :func:`gpunn.evaluate` and :meth:`predict` run in); returns the model."""
+        return self.train(False)
+
+    @property
+    def training(self) -> bool:
+        return all(layer.training for layer in self.layers)
+
     def predict(self, x, batch_size=1000):
         """The class index (argmax of the output, first on ties) of each row of ``x``, on the host.
 
@@ -331,10 +358,22 @@ class Sequential:
                              f"(N, {width}), got shape {tuple(x.shape)}")
         rows = x.reshape(1, width) if x.ndim == 1 else x
         classes = np.empty(rows.shape[0], np.int64)
-        for start in range(0, rows.shape[0], batch_size):
-            stop = min(start + batch_size, rows.shape[0])
-            classes[start:stop] = be.to_numpy(self.forward(rows[start:stop])).argmax(axis=1)
+        with self.evaluating():
+            for start in range(0, rows.shape[0], batch_size):
+                stop = min(start + batch_size, rows.shape[0])
+                classes[start:stop] = be.to_numpy(self.forward(rows[start:stop])).argmax(axis=1)
         return classes[0] if x.ndim == 1 else classes
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        """A context in evaluation mode; each layer's mode is put back after it."""
+        modes = [layer.training for layer in self.layers]
+        self.eval()
+        try:
+            yield self
+        finally:
+            for layer, mode in zip(self.layers, modes):
+                layer.training = mode
 
     def backward(self, dy):
         for layer in reversed(self.layers):

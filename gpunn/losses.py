@@ -26,7 +26,8 @@ class Loss:
         return type(self).__name__ + "()"
 
     def __call__(self, out, labels, loss, accumulate=False):
-        """Loss of ``out`` (N, C) against int32 ``labels`` (N,) into ``loss[0]``; returns d loss / d out."""
+        """Loss of ``out`` (N, C) against int32 ``labels`` (N,) into ``loss[0]``; returns d loss / d out:
+        a view of the loss's own gradient buffer, which the next call overwrites (copy it to keep it)."""
         be = self.backend
         checks.loss_args(f"{self!r}", out, labels, loss, be, check_labels=self.check_labels)
         n = out.shape[0]

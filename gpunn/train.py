@@ -149,8 +149,9 @@ def evaluate(model, x, y, batch_size=1000):
     array("evaluate", "y", y, shape=(x.shape[0],), dtype=int32, backend=be)
     labels_in_range("evaluate", y, model.out_features, be)  # once here, not per batch (a GPU synchronisation)
     correct = be.zeros((1,), np.int32)
-    for start, stop in batch_slices(x.shape[0], batch_size):
-        be.unchecked.count_correct(model.forward(x[start:stop]), y[start:stop], correct)
+    with model.evaluating():  # dropout off; each layer's mode put back afterwards
+        for start, stop in batch_slices(x.shape[0], batch_size):
+            be.unchecked.count_correct(model.forward(x[start:stop]), y[start:stop], correct)
     return int(be.to_numpy(correct)[0]) / x.shape[0]
 
 

@@ -295,3 +295,29 @@ def test_a_size_bombed_array_is_refused_before_it_is_inflated(run, tmp_path):
                           env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "param/0 is float32(536870912,), the model needs float32(12, 8)" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_gpunn_save_and_load_round_trip_on_every_backend(backend, tmp_path):
+    """gpunn.save(model, path) and gpunn.load(path, backend=...): the architecture and the weights,
+    so the loaded model predicts as the saved one did."""
+    import gpunn
+    from gpunn.layers import mlp
+
+    model = mlp([6, 5, 4, 3], "tanh", backend=backend, seed=3)
+    x = np.random.default_rng(0).standard_normal((9, 6)).astype(np.float32)
+    want = backend.to_numpy(model(backend.asarray(x))).copy()
+    gpunn.save(model, tmp_path / "m.npz")
+    loaded = gpunn.load(tmp_path / "m.npz", backend=backend)
+    assert repr(loaded) == repr(model) and loaded.backend is backend
+    for a, b in zip(model.params, loaded.params):
+        assert np.array_equal(backend.to_numpy(a), backend.to_numpy(b))
+    np.testing.assert_array_equal(backend.to_numpy(loaded(backend.asarray(x))), want)
+    np.testing.assert_array_equal(loaded.predict(x), want.argmax(axis=1))
+
+
+def test_gpunn_load_refuses_what_is_not_a_model(tmp_path):
+    import gpunn
+
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="bad.npz"):
+        gpunn.load(tmp_path / "bad.npz", backend="numpy")

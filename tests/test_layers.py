@@ -175,3 +175,25 @@ def test_layers_check_their_boundaries_once():
     loss = SoftmaxCrossEntropy(be)
     with pytest.raises(ShapeError, match="loss must have shape"):
         loss(out, np.zeros(4, np.int32), be.zeros((2,)))
+
+
+def test_the_model_as_pytorch_and_keras_users_call_it():
+    """model(x) is forward; parameters() what an optimizer takes; train()/eval() set every layer's
+    mode, and evaluation (predict, gpunn.evaluate) runs in eval mode and puts the mode back."""
+    import gpunn
+
+    be = NumpyBackend()
+    model = mlp([4, 3, 2], "relu", backend=be, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    out = model(x).copy()
+    np.testing.assert_array_equal(out, model.forward(x))
+    assert model.parameters() == model.params and model.training
+    assert model.eval() is model and not model.training and not any(l.training for l in model.layers)
+    assert model.train() is model and model.training
+    seen = []
+    real = model.layers[0].forward
+    model.layers[0].forward = lambda a: (seen.append(model.layers[0].training), real(a))[1]
+    model.predict(x)
+    gpunn.evaluate(model, x, np.zeros(5, np.int32))
+    assert seen == [False, False] and model.training
+    assert model.predict(x[0]) == out[0].argmax()

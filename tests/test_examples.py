@@ -65,3 +65,21 @@ def test_examples_take_threads_and_say_when_the_machine_is_busy(tmp_path, name):
     assert error == f"{name}: error: {tmp_path / 'none'}: no such folder"
     r = subprocess.run([*run, "--threads", "1"], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and r.stderr == f"{error}\n", r.stderr
+
+
+def test_the_readmes_api_example_is_examples_api_tour():
+    code = (EXAMPLES / "api_tour.py").read_text()
+    body = code[code.index('"""\n', 3) + 4:]
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    assert f"## The Python API\n\n```python\n{body}```\n" in readme
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_api_tour_trains_saves_loads_and_predicts(tmp_path):
+    r = subprocess.run([sys.executable, str(EXAMPLES / "api_tour.py")], capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path, env={**QUIET, "GPUNN_DATA_DIR": str(mnist_dir()), "GPUNN_BACKEND": "numpy"})
+    assert r.returncode == 0, r.stderr
+    accuracy, predicted = r.stdout.splitlines()
+    assert float(accuracy.split()[-1]) > 0.93  # 0.9484 on the numpy backend
+    assert predicted.startswith("predicted [") and (tmp_path / "mnist-mlp.npz").is_file()

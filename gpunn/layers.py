@@ -229,6 +229,58 @@ class Softmax(Activation):
         self.backend.unchecked.softmax_backward(y, dy, dx)           # y * (dy - Σ dy·y)
 
 
+class Dropout(Layer):
+    """Inverted dropout of a fixed width: in training mode each element is zeroed with probability
+    ``p`` and the rest scaled by ``1/(1-p)``; in eval mode the identity (the input itself).
+
+    The mask comes from a counter-based generator (the ``dropout`` op): the layer's ``seed``, its
+    count of training forwards (``counter``, on the device: counted by the ``count_step`` op, so
+    a step replayed as a CUDA graph draws a new mask) and the element's index.  No generator
+    state on the host and no mask in memory: the backward recomputes it.  A resumed run sets
+    ``counter`` to the steps already taken (:meth:`set_count`), so it draws the masks it would have."""
+
+    def __init__(self, width, p=0.5, seed=0, *, backend=None):
+        super().__init__(backend)
+        if not COUNT.ok(width):
+            raise ValueError(f"Dropout: width must be a positive integer, got {width!r}")
+        if not (isinstance(p, (int, float, np.floating, np.integer)) and not isinstance(p, bool) and 0 <= p < 1):
+            raise ValueError(f"Dropout: p must be a number in [0, 1) (the probability of dropping), got {p!r}")
+        if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and 0 <= seed < 2**32):
+            raise ValueError(f"Dropout: seed must be an integer in [0, 2^32), got {seed!r}")
+        self.width, self.p, self.seed = int(width), float(p), int(seed)
+        self.counter = self.backend.zeros((1,), np.int32)  # training forwards so far
+
+    def __repr__(self):
+        return f"Dropout({self.width}, p={self.p:g})"
+
+    def config(self):
+        return {"type": "Dropout", "width": self.width, "p": self.p, "seed": self.seed}
+
+    def set_count(self, n: int) -> None:
+        """Set the count of training forwards (a resumed run's steps so far)."""
+        self.backend.upload(np.array([n], np.int32), self.counter)
+
+    def forward(self, x):
+        self._check_input(x, self.width)
+        if not self.training or self.p == 0:
+            self._y, self._dropped = x, False
+            return x
+        y = self._buffer("y", x.shape[0], self.width)
+        ops = self.backend.unchecked
+        ops.count_step(self.counter)  # this forward's number, before the mask reads it
+        ops.dropout(x, y, self.p, self.seed, self.counter)
+        self._y, self._dropped = y, True
+        return y
+
+    def backward(self, dy):
+        self._check_grad(dy, self.width)
+        if not self._dropped:
+            return dy
+        dx = self._buffer("dx", dy.shape[0], self.width)
+        self.backend.unchecked.dropout_backward(dy, dx, self.p, self.seed, self.counter)  # the same mask
+        return dx
+
+
 def _activation_layer(record):
     return type(record.layer, (Activation,), {"activation": record.name, "__module__": __name__,
                                               "__doc__": f"The {record.name} activation as a layer of its own."})
@@ -238,7 +290,7 @@ def _activation_layer(record):
 ACTIVATION_LAYERS = {a.layer: _activation_layer(a) for a in ACTIVATION_RECORDS.values() if a.name != "identity"}
 globals().update(ACTIVATION_LAYERS)  # gpunn.layers.ReLU, .Sigmoid, .Tanh, .GELU, .SiLU
 
-LAYER_TYPES = {"Dense": Dense, **ACTIVATION_LAYERS, "Softmax": Softmax}
+LAYER_TYPES = {"Dense": Dense, **ACTIVATION_LAYERS, "Softmax": Softmax, "Dropout": Dropout}
 
 
 class Packed(list):
@@ -387,8 +439,9 @@ class Sequential:
         return sum(int(np.prod(p.shape)) for p in self.params)
 
 
-def mlp(sizes, activation="relu", output_activation="identity", *, backend=None, seed=0):
-    """A multilayer perceptron ``sizes[0] → … → sizes[-1]`` of fused Dense layers.
+def mlp(sizes, activation="relu", output_activation="identity", *, backend=None, seed=0, dropout=0.0):
+    """A multilayer perceptron ``sizes[0] → … → sizes[-1]`` of fused Dense layers, with a
+    ``Dropout(dropout)`` after each hidden layer when ``dropout`` > 0 (each its own seed, from ``seed``).
 
     ``mlp([784, 16, 16, 10], "sigmoid", "sigmoid")`` is the primer's network;
     ``mlp([784, 10])`` is softmax regression when trained with cross-entropy."""
@@ -404,6 +457,8 @@ def mlp(sizes, activation="relu", output_activation="identity", *, backend=None,
             layers += [Dense(a, b, "identity", backend=backend, rng=rng), Softmax(b, backend=backend)]
         else:
             layers.append(Dense(a, b, act, backend=backend, rng=rng))
+        if dropout and not last:
+            layers.append(Dropout(b, dropout, (int(seed) * 1_000_003 + i) % 2**32, backend=backend))
     return Sequential(layers)
 
 
@@ -419,12 +474,17 @@ def config_shapes(config) -> list[tuple[int, ...]]:
         kind = c.get("type") if isinstance(c, dict) else None
         if kind not in LAYER_TYPES:
             raise ValueError(f"layer {i}: unknown layer type {kind!r}")
-        fields = ("in", "out", "activation") if kind == "Dense" else ("width",)
+        fields = {"Dense": ("in", "out", "activation"), "Dropout": ("width", "p", "seed")}.get(kind, ("width",))
         if set(c) != {"type", *fields}:
             raise ValueError(f"layer {i}: a {kind} layer has the fields {', '.join(fields)}, not {sorted(set(c) - {'type'})}")
         for f in fields:
-            if f != "activation" and not COUNT.ok(c[f]):
+            if f in ("in", "out", "width") and not COUNT.ok(c[f]):
                 raise ValueError(f"layer {i}: {kind} {f} must be a positive integer, not {c[f]!r}")
+        if kind == "Dropout":
+            if not (isinstance(c["p"], (int, float)) and not isinstance(c["p"], bool) and 0 <= c["p"] < 1):
+                raise ValueError(f"layer {i}: Dropout p must be a number in [0, 1), not {c['p']!r}")
+            if not (isinstance(c["seed"], int) and not isinstance(c["seed"], bool) and 0 <= c["seed"] < 2**32):
+                raise ValueError(f"layer {i}: Dropout seed must be an integer in [0, 2^32), not {c['seed']!r}")
         if kind == "Dense":
             if c["activation"] not in ACTIVATIONS:
                 raise ValueError(f"layer {i}: unknown activation {c['activation']!r}; expected one of {', '.join(ACTIVATIONS)}")
@@ -440,6 +500,8 @@ def from_config(config, *, backend=None):
     for c in config:
         if c["type"] == "Dense":
             layers.append(Dense(c["in"], c["out"], c["activation"], backend=backend))
+        elif c["type"] == "Dropout":
+            layers.append(Dropout(c["width"], c["p"], c["seed"], backend=backend))
         else:
             layers.append(LAYER_TYPES[c["type"]](c["width"], backend=backend))
     return Sequential(layers)

@@ -50,6 +50,7 @@ learning_rate = number(float, LEARNING_RATE.ok, LEARNING_RATE.what)
 momentum = number(float, MOMENTUM.ok, MOMENTUM.what)
 weight_decay = number(float, WEIGHT_DECAY.ok, WEIGHT_DECAY.what)
 beta = number(float, BETA.ok, BETA.what)
+probability = number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 epsilon = number(float, EPSILON.ok, EPSILON.what)
 
 
@@ -132,6 +133,8 @@ def add_model_options(p, defaults):
     p.add_argument("--loss", choices=tuple(LOSSES), default=None, help=f"loss (default: {defaults.loss})")
     p.add_argument("--output-activation", choices=OUTPUT_ACTIVATIONS, default=None,
                    help="last layer's activation (default: identity for cross-entropy, sigmoid for mse)")
+    p.add_argument("--dropout", type=probability, default=None, metavar="P",
+                   help=f"dropout probability after each hidden layer (default: {defaults.dropout:g}, none)")
     p.add_argument("--epochs", type=positive_int, default=None, help=f"epochs (default: {defaults.epochs})")
     p.add_argument("--batch-size", type=positive_int, default=None, help=f"mini-batch size (default: {defaults.batch_size})")
     p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=None,
@@ -151,7 +154,7 @@ def add_model_options(p, defaults):
     p.add_argument("--seed", type=nonneg_int, default=None, help=f"seed for initialisation and shuffling (default: {defaults.seed})")
 
 
-MODEL_FIELDS = ("hidden", "activation", "loss", "output_activation", "epochs", "batch_size", "optimizer", "lr",
+MODEL_FIELDS = ("hidden", "activation", "loss", "output_activation", "dropout", "epochs", "batch_size", "optimizer", "lr",
                 "momentum", "nesterov", "weight_decay", "beta1", "beta2", "eps", "lr_schedule", "step_size", "gamma",
                 "seed")
 #: the options that only one kind of optimizer reads: given with another, they are an error

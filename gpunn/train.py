@@ -35,7 +35,7 @@ import numpy as np
 from gpunn import checkpoint
 from gpunn.backend import get_backend
 from gpunn.backend.ops import ACTIVATIONS
-from gpunn.checks import BETA, COUNT, EPSILON, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, is_integer
+from gpunn.checks import BETA, COUNT, EPSILON, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, is_integer, is_real
 from gpunn.data import batch_slices, epoch_permutation
 from gpunn.errors import CheckpointError, DataError, TrainingDiverged
 from gpunn.instrument import annotate_nvtx
@@ -54,6 +54,8 @@ class TrainConfig:
     loss: str = "cross-entropy"
     #: activation of the last layer; None: identity (logits) for cross-entropy, sigmoid for MSE
     output_activation: str | None = None
+    #: dropout probability after each hidden layer (0: none)
+    dropout: float = 0.0
     epochs: int = 12
     batch_size: int = 128
     #: sgd, adam or adamw (gpunn.optim.OPTIMIZERS); momentum and nesterov are SGD's, the betas and
@@ -111,6 +113,7 @@ _FIELD_RULES = (
     ("activation", _one_of(ACTIVATIONS), f"one of {', '.join(ACTIVATIONS)} (unknown activation)"),
     ("loss", _one_of(LOSSES), f"one of {', '.join(LOSSES)} (unknown loss)"),
     ("output_activation", _one_of(OUTPUT_ACTIVATIONS), f"one of {', '.join(OUTPUT_ACTIVATIONS)} (unknown output activation)"),
+    ("dropout", lambda v: is_real(v) and 0 <= v < 1, "a number in [0, 1) (the probability of dropping)"),
     ("epochs", COUNT.ok, "a positive integer"),
     ("batch_size", COUNT.ok, "a positive integer (the batch size)"),
     ("optimizer", _one_of(OPTIMIZERS), f"one of {', '.join(OPTIMIZERS)} (unknown optimizer)"),
@@ -132,7 +135,7 @@ _FIELD_RULES = (
 
 def build_model(cfg: TrainConfig, in_features: int, num_classes: int, backend):
     sizes = [in_features, *cfg.hidden, num_classes]
-    return mlp(sizes, cfg.activation, cfg.output_activation, backend=backend, seed=cfg.seed)
+    return mlp(sizes, cfg.activation, cfg.output_activation, backend=backend, seed=cfg.seed, dropout=cfg.dropout)
 
 
 def evaluate(model, x, y, batch_size=1000):
@@ -282,6 +285,9 @@ class Trainer:
             raise CheckpointError(f"{path}: {exc}") from None
         meta = checkpoint.restore(path, self.model, self.optimizer)
         self.epoch, self.step, history, partial = position
+        for layer in self.model.layers:  # a dropout layer's count of training forwards: the steps taken
+            if hasattr(layer, "set_count"):
+                layer.set_count(self.global_step(self.step))
         self.history = [EpochStats(**h) for h in history]
         self.loop.set_sums(partial["loss_sum"], partial["correct"])
         self._epoch_progress = (partial["seconds"], partial["seen"])

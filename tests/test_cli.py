@@ -77,6 +77,7 @@ def test_console_script_and_module_agree():
     (["--metrics-json", "/nonexistent/m.json"], "folder /nonexistent does not exist"),   # before training
     (["--save", "/"], "/ is a folder"),
     (["--optimizer", "lamb"], "invalid choice: 'lamb'"),
+    (["--dropout", "1"], "expected a number in [0, 1)"),
     (["--optimizer", "adam", "--beta1", "1"], "expected a number in [0, 1)"),
     (["--optimizer", "adamw", "--eps", "0"], "expected a positive finite number"),
     (["--optimizer", "adam", "--momentum", "0.5"], "--momentum is SGD's option; this run's optimizer is adam"),

@@ -25,6 +25,8 @@ NETS = {
     "relu-xent-nesterov-cosine": dict(hidden=(16,), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
     "sigmoid-mse-step": dict(hidden=(8, 6), activation="sigmoid", loss="mse", lr=3.0, momentum=0.0,
                              nesterov=False, lr_schedule="step", step_size=1, gamma=0.5),
+    # Adam's step count and dropout's masks come from device counters a replay advances
+    "gelu-adamw-dropout": dict(hidden=(16, 12), activation="gelu", optimizer="adamw", lr=3e-3, dropout=0.3),
 }
 
 

@@ -197,3 +197,59 @@ def test_the_model_as_pytorch_and_keras_users_call_it():
     gpunn.evaluate(model, x, np.zeros(5, np.int32))
     assert seen == [False, False] and model.training
     assert model.predict(x[0]) == out[0].argmax()
+
+
+def test_dropouts_mask_statistics_scale_and_determinism():
+    from gpunn.layers import Dropout
+
+    be = NumpyBackend()
+    d = Dropout(1000, p=0.3, seed=5, backend=be)
+    x = np.ones((200, 1000), np.float32)
+    y1 = d.forward(x).copy()
+    kept = y1 != 0
+    assert abs(kept.mean() - 0.7) < 0.005  # 200,000 draws: the standard error is 0.001
+    assert np.allclose(y1[kept], 1 / 0.7) and abs(kept.mean(axis=0).std() - np.sqrt(0.21 / 200)) < 0.01
+    y2 = d.forward(x).copy()  # the next step: another mask
+    assert not np.array_equal(y1, y2) and abs((y1 != 0).astype(float).ravel() @ (y2 != 0).ravel() / x.size - 0.49) < 0.01
+    d.set_count(0)
+    np.testing.assert_array_equal(d.forward(x), y1)  # the same step count: the same mask
+    other = Dropout(1000, p=0.3, seed=6, backend=be)
+    assert not np.array_equal(other.forward(x), y1)  # another seed: another mask
+    d.training = False  # (Sequential.eval() sets it on every layer)
+    assert d.forward(x) is x and d.backward(x) is x  # the identity in eval mode
+
+
+def test_dropouts_gradient_by_finite_differences_with_a_fixed_mask():
+    """d/dx of sum(w * dropout(x)) with the mask held fixed (the count reset before each forward)."""
+    from gpunn.layers import Dropout
+
+    be = NumpyBackend(np.float64)
+    d = Dropout(6, p=0.4, seed=9, backend=be)
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((3, 6)), rng.standard_normal((3, 6))
+
+    def f(a):
+        d.set_count(0)
+        return float((w * d.forward(a)).sum())
+
+    f(x)
+    grad = d.backward(w.copy())
+    numeric = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[i] = 1e-6
+        numeric[i] = (f(x + e) - f(x - e)) / 2e-6
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+    assert (grad == 0).any() and (grad != 0).any()
+
+
+def test_dropout_in_a_model_and_its_configuration():
+    be = NumpyBackend()
+    model = mlp([8, 6, 5, 3], "relu", backend=be, seed=2, dropout=0.25)
+    assert repr(model) == "Sequential(Dense(8→6, relu), Dropout(6, p=0.25), Dense(6→5, relu), Dropout(5, p=0.25), Dense(5→3))"
+    seeds = [layer.seed for layer in model.layers if hasattr(layer, "seed")]
+    assert len(set(seeds)) == 2
+    rebuilt = from_config(model.config(), backend=be)
+    assert rebuilt.config() == model.config()
+    with pytest.raises(ValueError, match="layer 1: Dropout p must be a number in \\[0, 1\\)"):
+        from_config([{**c, "p": 1.5} if c["type"] == "Dropout" else c for c in model.config()], backend=be)

@@ -313,3 +313,31 @@ def test_a_checkpoint_of_one_optimizer_does_not_resume_another(tmp_path):
     other = make({"epochs": 1})
     with pytest.raises(CheckpointError, match="the checkpoint holds adam's state, this run's optimizer is sgd"):
         other.restore(tmp_path / "ck.npz")
+
+
+def test_dropout_runs_resume_mid_epoch_bit_exact(tmp_path):
+    """Dropout's masks come from (seed, step count, element): a resumed run sets each layer's count
+    to the steps taken and draws the masks the straight run drew."""
+    kw = {"epochs": 2, "hidden": (16, 12), "dropout": 0.25}
+    straight = make(kw)
+    straight.fit()
+    path = tmp_path / "ck.npz"
+    t = make(kw, save_path=path)
+    real_step, calls = t.train_step, []
+
+    def step_then_interrupt(*a):
+        real_step(*a)
+        calls.append(1)
+        if len(calls) == 27:
+            t._stop_requested = True
+    t.train_step = step_then_interrupt
+    with pytest.raises(Interrupted):
+        t.fit()
+    resumed = make(kw)
+    resumed.restore(path)
+    resumed.fit()
+    for a, b in zip(params(straight), params(resumed)):
+        assert np.array_equal(a, b)
+    no_dropout = make({**kw, "dropout": 0.0})
+    no_dropout.fit()
+    assert not np.array_equal(params(no_dropout)[0], params(straight)[0])  # dropout did change the training

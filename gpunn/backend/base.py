@@ -177,6 +177,14 @@ class Backend(abc.ABC):
     def count_step(self, step):
         self.unchecked.count_step(*OPS["count_step"].check(self, step))
 
+    @_documented(OPS["dropout"])
+    def dropout(self, x, out, p, seed, step):
+        self.unchecked.dropout(*OPS["dropout"].check(self, x, out, p, seed, step))
+
+    @_documented(OPS["dropout_backward"])
+    def dropout_backward(self, dy, dx, p, seed, step):
+        self.unchecked.dropout_backward(*OPS["dropout_backward"].check(self, dy, dx, p, seed, step))
+
     @_documented(OPS["count_correct"])
     def count_correct(self, scores, labels, out):
         self.unchecked.count_correct(*OPS["count_correct"].check(self, scores, labels, out))
@@ -251,6 +259,12 @@ class Unchecked:
 
     def count_step(self, step):
         self.impl._count_step(step)
+
+    def dropout(self, x, out, p, seed, step):
+        self.impl._dropout(x, out, p, seed, step)
+
+    def dropout_backward(self, dy, dx, p, seed, step):
+        self.impl._dropout_backward(dy, dx, p, seed, step)
 
     def count_correct(self, scores, labels, out):
         self.impl._count_correct(scores, labels, out)

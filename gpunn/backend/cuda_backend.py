@@ -46,6 +46,7 @@ from gpunn.kernels import (
     FAMILIES,
     act_backward,
     adam,
+    dropout,
     batch,
     bias_act,
     bias_grad,
@@ -57,6 +58,7 @@ from gpunn.kernels import (
     softmax,
     softmax_cross_entropy,
 )
+from gpunn.kernels.random import dropout_constants
 from gpunn.kernels.launch import ELEMENTWISE_THREADS, ROW_THREADS, check_pow2_threads, source_digest
 from gpunn.occupancy import parse_arch
 
@@ -409,6 +411,18 @@ class CudaBackend(Backend):
 
     def _count_step(self, step):
         self._queue("count_step", (step,), lambda: [("count_step", adam.step_kernel, 1, 1, (step,))])
+
+    def _dropout(self, x, out, p, seed, step):
+        threshold, scale = dropout_constants(p)
+        self._queue("dropout", (x, out, p, seed, step), lambda: [(
+            "dropout", dropout.dropout_kernel, *dropout.launch_config(x.size, self.elementwise_threads, self.max_blocks),
+            (x.reshape(-1), out.reshape(-1), i64(threshold), f32(scale), i64(seed), step))])
+
+    def _dropout_backward(self, dy, dx, p, seed, step):
+        threshold, scale = dropout_constants(p)
+        self._queue("dropout_backward", (dy, dx, p, seed, step), lambda: [(
+            "dropout", dropout.dropout_kernel, *dropout.launch_config(dy.size, self.elementwise_threads, self.max_blocks),
+            (dy.reshape(-1), dx.reshape(-1), i64(threshold), f32(scale), i64(seed), step))])
 
     def _count_correct(self, scores, labels, out):
         self._queue("count_correct", (scores, labels, out), lambda: [(

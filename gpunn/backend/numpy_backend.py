@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpunn.kernels.random import dropout_constants, philox2x32
 from gpunn.backend.base import Backend
 from gpunn.kernels.activations import ACTIVATIONS, numpy_form
 
@@ -248,6 +249,16 @@ class NumpyBackend(Backend):
 
     def _count_step(self, step):
         step[0] += 1
+
+    # out = x * mask / (1 - p), the mask a counter-based hash of (element, step[0], seed)
+    def _dropout(self, x, out, p, seed, step):
+        threshold, scale = dropout_constants(p)
+        index = np.arange(x.size, dtype=np.uint64).reshape(x.shape)
+        keep = philox2x32(index, np.uint64(step[0]), np.uint64(seed)) >= np.uint64(threshold)
+        np.multiply(x, np.where(keep, self.dtype.type(scale), self.dtype.type(0)), out=out)
+
+    def _dropout_backward(self, dy, dx, p, seed, step):
+        self._dropout(dy, dx, p, seed, step)  # the same mask, recomputed: dx = dy * mask / (1 - p)
 
     # out[0] += count(argmax(scores) == label)
     def _count_correct(self, scores, labels, out):

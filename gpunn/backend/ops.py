@@ -31,7 +31,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from gpunn.checks import BETA, EPSILON, MOMENTUM, WEIGHT_DECAY, array, int32, labels_in_range, loss_args, rate
+from gpunn.checks import (BETA, EPSILON, MOMENTUM, WEIGHT_DECAY, array, as_float32, int32, is_integer, is_real,
+                          labels_in_range, loss_args, rate)
 from gpunn.errors import ShapeError
 from gpunn.kernels.activations import ACTIVATIONS as ACTIVATION_RECORDS
 from gpunn.kernels.activations import NAMES
@@ -135,6 +136,11 @@ def adam_update_cost(p: int, weight_decay: float) -> Cost:
 def count_step_cost() -> Cost:
     """``step[0] += 1``: one add; reads and writes one word."""
     return Cost(1, I32 * 2)
+
+
+def dropout_cost(n: int) -> Cost:
+    """One multiply per element (the mask's integer hash is not counted as FLOPs); reads x, writes out."""
+    return Cost(n, F32 * 2 * n)
 
 
 def count_correct_cost(n: int, c: int) -> Cost:
@@ -411,6 +417,35 @@ def count_step(backend, step):
     replayed as a CUDA graph counts too.  Adam counts before its updates read the count."""
     array("count_step", "step", step, shape=(1,), dtype=int32, backend=backend)
     return (step,)
+
+
+def _dropout_checks(op, backend, x, out, p, seed, step, xname):
+    array(op, xname, x, dtype=backend.dtype, backend=backend)
+    array(op, "out" if xname == "x" else "dx", out, shape=x.shape, dtype=backend.dtype, backend=backend)
+    if not (is_real(p) and 0 <= as_float32(p) < 1):
+        raise ValueError(f"{op}: p must be a number in [0, 1) (the probability of dropping), got {p!r}")
+    if not (is_integer(seed) and 0 <= seed < 2**32):
+        raise ValueError(f"{op}: seed must be an integer in [0, 2^32), got {seed!r}")
+    array(op, "step", step, shape=(1,), dtype=int32, backend=backend)
+    return x, out, float(p), int(seed), step
+
+
+@_op(cost=lambda x, **_: dropout_cost(int(np.prod(x.shape))), variant=lambda p, **_: f"p={p:g}")
+def dropout(backend, x, out, p, seed, step):
+    """Inverted dropout: ``out = x * mask / (1 - p)``, each element kept with probability 1 - p.
+
+    The mask is a counter-based hash (Philox-2x32, kernels/random.py) of the element's index,
+    ``t = step[0]`` (read on the device: the training step, so a replayed CUDA graph draws a new
+    mask) and ``seed``: no generator state, the same on every backend, bit-exact on resume.
+    x/out any shape, the same; out may be x."""
+    return _dropout_checks("dropout", backend, x, out, p, seed, step, "x")
+
+
+@_op(cost=lambda dy, **_: dropout_cost(int(np.prod(dy.shape))), variant=lambda p, **_: f"p={p:g}")
+def dropout_backward(backend, dy, dx, p, seed, step):
+    """``dx = dy * mask / (1 - p)`` with the mask ``dropout`` drew for the same seed and step
+    (recomputed, not stored); dx may be dy."""
+    return _dropout_checks("dropout_backward", backend, dy, dx, p, seed, step, "dy")
 
 
 @_op(cost=lambda scores, **_: count_correct_cost(*scores.shape))

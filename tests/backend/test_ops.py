@@ -407,3 +407,26 @@ def test_adam_update(backend, shape, weight_decay, decoupled):
 
     got = check(backend, op, **arrays)
     assert got["t"][0] == 7
+
+
+# ---------------------------------------------------------------------------- dropout
+@pytest.mark.parametrize("p", [0.0, 0.2, 0.9])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 31), (257, 33)], ids=str)
+def test_dropout_forward_and_backward(backend, shape, p):
+    """The same mask (a hash of element, step and seed) on every backend, bit for bit; the backward
+    recomputes it; in place works; a NaN stays NaN."""
+    rng = rng_for("dropout", shape, p)
+    x = normal(rng, shape)
+    x.flat[0] = np.nan
+    arrays = {"x": x, "out": nan(shape), "dy": normal(rng, shape), "dx": nan(shape), "t": np.array([12], np.int32)}
+
+    def op(be, d):
+        be.dropout(d["x"], d["out"], p, 123456789, d["t"])
+        be.dropout_backward(d["dy"], d["dx"], p, 123456789, d["t"])
+        be.dropout(d["dy"], d["dy"], p, 123456789, d["t"])  # in place: the same as dx
+
+    got = check(backend, op, **arrays)
+    np.testing.assert_array_equal(got["dy"], got["dx"])
+    assert np.isnan(got["out"].flat[0])
+    want = REF.to_numpy(got["out"])
+    assert ((want == 0) | np.isclose(want, x / (1 - np.float32(p)), equal_nan=True)).all()

@@ -88,16 +88,30 @@ class Layer:
 
     def use_storage(self, params, grads):
         """Move this layer's parameters and gradients into ``params``/``grads`` (same shapes: views
-        into a model's flat arrays), copying their values; the old arrays are no longer used."""
+        into a model's flat arrays), copying their values; the old arrays are no longer used.
+        The attributes named in ``param_names``/``grad_names`` are pointed at the new arrays."""
         for names, new, old in ((self.param_names, params, self.params), (self.grad_names, grads, self.grads)):
             for name, a, b in zip(names, new, old):
                 a[...] = b
                 setattr(self, name, a)
-        self.params, self.grads = tuple(params), tuple(grads)
+        try:
+            self.params, self.grads = tuple(params), tuple(grads)
+        except AttributeError:  # a read-only property: the model could not point it at its storage
+            raise TypeError(f"{type(self).__name__}: params and grads must be plain attributes (tuples the model "
+                            f"replaces with views into its flat storage), not read-only properties: "
+                            f"see gpunn.layers.register_layer") from None
 
     def config(self) -> dict:
-        """What it takes to rebuild this layer (stored in checkpoints)."""
-        raise NotImplementedError
+        """What it takes to rebuild this layer (stored in checkpoints): ``{"type": its registered
+        name, **arguments}``, where ``type(self)(**arguments, backend=be)`` builds it again."""
+        raise NotImplementedError(f"{type(self).__name__} defines no config(): see gpunn.layers.register_layer")
+
+    def __repr__(self):
+        try:
+            c = self.config()
+        except NotImplementedError:
+            return f"{type(self).__name__}()"
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in c.items() if k != 'type')})"
 
 
 class Dense(Layer):
@@ -281,6 +295,29 @@ class Dropout(Layer):
         return dx
 
 
+def register_layer(cls):
+    """Make a layer class of your own known to :func:`from_config` (and so to checkpoints,
+    ``gpunn.load`` and the trainer's resume) under its class name; usable as a decorator.
+
+    The contract of a layer (see :class:`Layer`): ``__init__(..., *, backend=None)`` calls
+    ``super().__init__(backend)`` and makes its parameters and their gradients as plain
+    attributes, listed in ``params``/``grads`` (tuples of backend arrays of the backend's dtype)
+    and named in ``param_names``/``grad_names``: a model moves them into its flat storage (one
+    update op for every parameter) and points those attributes at the views, so read them
+    through the attributes, never keep an array of your own.  ``forward(x)`` returns the output
+    and keeps what ``backward(dy)`` needs; ``backward(dy)`` accumulates nothing (it *writes* the
+    gradients) and returns the input gradient.  ``config()`` returns ``{"type": class name,
+    **arguments}`` such that ``cls(**arguments, backend=be)`` rebuilds the layer; its ``repr``
+    is made from it.  Its parameter shapes are read by building it on the numpy backend."""
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise TypeError(f"register_layer: {cls!r} is not a subclass of gpunn.layers.Layer")
+    known = LAYER_TYPES.get(cls.__name__)
+    if known is not None and known is not cls and cls.__name__ in BUILTIN_LAYERS:
+        raise ValueError(f"register_layer: {cls.__name__} is one of gpunn's own layers")
+    LAYER_TYPES[cls.__name__] = cls
+    return cls
+
+
 def _activation_layer(record):
     return type(record.layer, (Activation,), {"activation": record.name, "__module__": __name__,
                                               "__doc__": f"The {record.name} activation as a layer of its own."})
@@ -291,6 +328,7 @@ ACTIVATION_LAYERS = {a.layer: _activation_layer(a) for a in ACTIVATION_RECORDS.v
 globals().update(ACTIVATION_LAYERS)  # gpunn.layers.ReLU, .Sigmoid, .Tanh, .GELU, .SiLU
 
 LAYER_TYPES = {"Dense": Dense, **ACTIVATION_LAYERS, "Softmax": Softmax, "Dropout": Dropout}
+BUILTIN_LAYERS = frozenset(LAYER_TYPES)
 
 
 class Packed(list):
@@ -473,7 +511,10 @@ def config_shapes(config) -> list[tuple[int, ...]]:
     for i, c in enumerate(config):
         kind = c.get("type") if isinstance(c, dict) else None
         if kind not in LAYER_TYPES:
-            raise ValueError(f"layer {i}: unknown layer type {kind!r}")
+            raise ValueError(f"layer {i}: unknown layer type {kind!r} (a layer of your own: gpunn.layers.register_layer)")
+        if kind not in BUILTIN_LAYERS:  # a registered layer of the user's: its shapes from building it
+            shapes += [tuple(p.shape) for p in _build(LAYER_TYPES[kind], c, i, get_backend("numpy")).params]
+            continue
         fields = {"Dense": ("in", "out", "activation"), "Dropout": ("width", "p", "seed")}.get(kind, ("width",))
         if set(c) != {"type", *fields}:
             raise ValueError(f"layer {i}: a {kind} layer has the fields {', '.join(fields)}, not {sorted(set(c) - {'type'})}")
@@ -492,6 +533,13 @@ def config_shapes(config) -> list[tuple[int, ...]]:
     return shapes
 
 
+def _build(cls, c, i, backend):
+    try:
+        return cls(**{k: v for k, v in c.items() if k != "type"}, backend=backend)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"layer {i}: {cls.__name__}({', '.join(k for k in c if k != 'type')}): {exc}") from None
+
+
 def from_config(config, *, backend=None):
     """Rebuild a model from ``Sequential.config()`` (weights initialised; load them after)."""
     config_shapes(config)
@@ -502,6 +550,8 @@ def from_config(config, *, backend=None):
             layers.append(Dense(c["in"], c["out"], c["activation"], backend=backend))
         elif c["type"] == "Dropout":
             layers.append(Dropout(c["width"], c["p"], c["seed"], backend=backend))
+        elif c["type"] not in BUILTIN_LAYERS:
+            layers.append(_build(LAYER_TYPES[c["type"]], c, len(layers), backend))
         else:
             layers.append(LAYER_TYPES[c["type"]](c["width"], backend=backend))
     return Sequential(layers)

@@ -220,6 +220,12 @@ class Trainer:
     graphs: bool | None = None
     #: one-line notices (why graphs are off, a failed capture): default stderr
     notice: object = None
+    #: a model of your own (a Sequential of gpunn layers, yours included) instead of the MLP that
+    #: cfg describes; its input and output widths must be the data's
+    model: object = None
+    #: an optimizer of your own over ``model``'s parameters (else cfg's, over them); the schedule
+    #: then scales its rate
+    optimizer: object = None
     epoch: int = 0  # epochs completed
     step: int = 0  # steps completed within the current epoch
     history: list = field(default_factory=list)
@@ -232,9 +238,20 @@ class Trainer:
             self.progress = sys.stderr.isatty()
         self.in_features = d.train_x.shape[1]
         self.num_classes = int(d.num_classes)
-        self.model = build_model(cfg, self.in_features, self.num_classes, be)
+        if self.model is None:
+            self.model = build_model(cfg, self.in_features, self.num_classes, be)
+        else:
+            self._check_own_model()
         self.loss_fn = get_loss(cfg.loss, be, check_labels=False)  # check_dataset checked them once
-        self.optimizer = make_optimizer(cfg, self.model.params, self.model.grads, be)
+        if self.optimizer is None:
+            self.optimizer = make_optimizer(cfg, self.model.params, self.model.grads, be)
+        else:  # the run's record names the optimizer and rate that train it
+            mine, theirs = list(getattr(self.optimizer, "params", ())), list(self.model.params)
+            if getattr(self.optimizer, "backend", None) is not be or len(mine) != len(theirs) or \
+                    any(p is not q for p, q in zip(mine, theirs)):
+                raise ValueError("Trainer: the optimizer must be over the model's parameters (model.parameters()), "
+                                 "on the trainer's backend")
+            self.cfg = cfg = dataclasses.replace(cfg, optimizer=self.optimizer.name, lr=self.optimizer.lr)
         annotate_nvtx(self.model, self.optimizer)  # NVTX ranges for Nsight Systems on a GPU; no-op on the CPU
         # the data set goes to the device once
         self.train_x, self.train_y = be.asarray(d.train_x), be.asarray(d.train_y, np.int32)
@@ -255,6 +272,15 @@ class Trainer:
 
     def _say(self, message):
         (self.notice or (lambda m: print(m, file=sys.stderr)))(f"gpunn: {message}")
+
+    def _check_own_model(self):
+        m, be = self.model, self.backend
+        if getattr(m, "backend", None) is not be:
+            raise ValueError(f"Trainer: the model is on the {getattr(getattr(m, 'backend', None), 'name', '?')} "
+                             f"backend, the trainer on {be.name}: build it with backend=the trainer's backend")
+        for what, got, want in (("input", m.in_features, self.in_features), ("output", m.out_features, self.num_classes)):
+            if got != want:
+                raise ValueError(f"Trainer: the model's {what} width is {got}, the data's is {want}")
 
     # ---------------------------------------------------------------- checkpoints
     def meta(self):

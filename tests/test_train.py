@@ -341,3 +341,76 @@ def test_dropout_runs_resume_mid_epoch_bit_exact(tmp_path):
     no_dropout = make({**kw, "dropout": 0.0})
     no_dropout.fit()
     assert not np.array_equal(params(no_dropout)[0], params(straight)[0])  # dropout did change the training
+
+
+def test_the_trainer_trains_a_model_and_optimizer_of_the_users_own_with_a_custom_layer(tmp_path):
+    """Trainer(model=..., optimizer=...): a Sequential with a registered layer of the user's (a
+    learnable per-feature scale), checkpointed and resumed like gpunn's own MLP."""
+    from gpunn.backend import get_backend
+    from gpunn.layers import Dense, Layer, Sequential, register_layer
+    from gpunn.optim import AdamW
+
+    @register_layer
+    class Scale(Layer):
+        param_names, grad_names = ("s",), ("ds",)
+
+        def __init__(self, width, *, backend=None):
+            super().__init__(backend)
+            self.width = width
+            self.s, self.ds = self.backend.asarray(np.ones(width, np.float32)), self.backend.zeros((width,))
+            self.params, self.grads = (self.s,), (self.ds,)
+
+        def config(self):
+            return {"type": "Scale", "width": self.width}
+
+        def forward(self, x):
+            self._x = x
+            self._y = x * self.s
+            return self._y
+
+        def backward(self, dy):
+            self.ds[...] = (dy * self._x).sum(axis=0)
+            return dy * self.s
+
+    be = get_backend("numpy")
+
+    def build():
+        model = Sequential([Dense(20, 16, "relu", backend=be, rng=np.random.default_rng(0)), Scale(16, backend=be),
+                            Dense(16, 4, backend=be, rng=np.random.default_rng(1))])
+        return model, AdamW(model.parameters(), model.grads, lr=3e-3, backend=be)
+
+    model, opt = build()
+    assert repr(model) == "Sequential(Dense(20→16, relu), Scale(width=16), Dense(16→4))"
+    cfg = TrainConfig(epochs=3, batch_size=32, lr_schedule="constant")
+    t = Trainer(cfg, toy_data(), backend=be, model=model, optimizer=opt, progress=False, log=lambda s: None,
+                save_path=tmp_path / "ck.npz")
+    assert t.cfg.optimizer == "adamw" and t.cfg.lr == 3e-3
+    t.fit()
+    assert t.history[-1].test_accuracy > 0.9 and not np.array_equal(be.to_numpy(model.layers[1].s), np.ones(16))
+    import gpunn
+    loaded = gpunn.load(tmp_path / "ck.npz", backend=be)
+    assert repr(loaded) == repr(model)
+    np.testing.assert_array_equal(loaded.layers[1].s, model.layers[1].s)
+    other, other_opt = build()
+    with pytest.raises(ValueError, match="the model's output width is 4, the data's is 3"):
+        Trainer(cfg, toy_data(c=3), backend=be, model=other, progress=False)
+    with pytest.raises(ValueError, match="the optimizer must be over the model's parameters"):
+        Trainer(cfg, toy_data(), backend=be, model=other, optimizer=opt, progress=False)
+
+
+def test_a_layer_with_read_only_params_is_told_the_contract():
+    from gpunn.backend import get_backend
+    from gpunn.layers import Dense, Layer, Sequential
+
+    class Frozen(Layer):
+        @property
+        def params(self):
+            return (self.backend.zeros((3,)),)
+
+        @property
+        def grads(self):
+            return (self.backend.zeros((3,)),)
+
+    be = get_backend("numpy")
+    with pytest.raises(TypeError, match="Frozen: params and grads must be plain attributes"):
+        Sequential([Dense(3, 3, backend=be), Frozen(be)])

@@ -12,6 +12,7 @@ import os
 import platform
 import statistics
 import sys
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +31,13 @@ def error_text(exc) -> str:
     """``Type: first line`` of an exception, for a result's row."""
     first = str(exc).splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def report_failure(what, exc):
+    """One line for the row, and the last frames of the traceback for whoever reads the log."""
+    say(f"  !! {what} failed: {error_text(exc)}")
+    say("     " + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3))
+        .rstrip().replace("\n", "\n     "))
 
 
 class Unavailable(Exception):
@@ -89,6 +97,36 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def describe_device(backend):
+    """(one line naming the device, {versions}) -- never raises."""
+    found = versions()
+    if backend != "cuda":
+        from gpunn.roofline import cpu_model
+
+        return f"CPU: {cpu_model()} ({backend} backend)", found
+    try:
+        import cupy
+
+        rt = cupy.cuda.runtime
+        name = rt.getDeviceProperties(0)["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+
+        def version(v):
+            return f"{v // 1000}.{v % 1000 // 10}"
+
+        extra = []
+        for what, get in (("driver", rt.driverGetVersion), ("CUDA runtime", rt.runtimeGetVersion)):
+            try:
+                v = get()
+                found[what] = version(v)
+                extra.append(f"{what} {version(v)}")
+            except Exception:
+                pass
+        return f"{name}" + (f" ({', '.join(extra)})" if extra else ""), found
+    except Exception as exc:
+        return f"unknown GPU ({error_text(exc)})", found
 
 
 def describe_cpu(threads: int | None = None) -> str:

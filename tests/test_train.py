@@ -272,6 +272,21 @@ def test_a_divergence_found_at_ctrl_c_names_the_rate_of_the_last_step_done(tmp_p
     assert checkpoint.load(tmp_path / "ck.npz")[0]["epoch"] == 1  # the last good one, not the diverged weights
 
 
+def stop_after(t, steps):
+    """Run ``t.fit()`` and stop it as SIGINT does after ``steps`` steps (it saves, then raises Interrupted)."""
+    real_step, calls = t.train_step, []
+
+    def step_then_interrupt(*a):
+        real_step(*a)
+        calls.append(1)
+        if len(calls) == steps:
+            t._stop_requested = True
+    t.train_step = step_then_interrupt
+    with pytest.raises(Interrupted):
+        t.fit()
+    return t
+
+
 @pytest.mark.parametrize("optimizer, wd", [("adam", 0.0), ("adamw", None)])
 def test_adam_runs_resume_mid_epoch_bit_exact_with_their_moments_and_count(tmp_path, optimizer, wd):
     """Stop Adam(W) in the middle of an epoch, resume: the weights, both moments and the step count
@@ -281,17 +296,7 @@ def test_adam_runs_resume_mid_epoch_bit_exact_with_their_moments_and_count(tmp_p
     straight.fit()
     assert straight.optimizer.steps_taken == 2 * straight.steps_per_epoch == 38
     path = tmp_path / "ck.npz"
-    t = make(kw, save_path=path)
-    real_step, calls = t.train_step, []
-
-    def step_then_interrupt(*a):
-        real_step(*a)
-        calls.append(1)
-        if len(calls) == 23:
-            t._stop_requested = True
-    t.train_step = step_then_interrupt
-    with pytest.raises(Interrupted):
-        t.fit()
+    stop_after(make(kw, save_path=path), 23)
     assert checkpoint.read_meta(path)["optimizer"] == {"name": optimizer, "counters": {"step": 23}}
     resumed = make(kw)
     resumed.restore(path)
@@ -322,17 +327,7 @@ def test_dropout_runs_resume_mid_epoch_bit_exact(tmp_path):
     straight = make(kw)
     straight.fit()
     path = tmp_path / "ck.npz"
-    t = make(kw, save_path=path)
-    real_step, calls = t.train_step, []
-
-    def step_then_interrupt(*a):
-        real_step(*a)
-        calls.append(1)
-        if len(calls) == 27:
-            t._stop_requested = True
-    t.train_step = step_then_interrupt
-    with pytest.raises(Interrupted):
-        t.fit()
+    stop_after(make(kw, save_path=path), 27)
     resumed = make(kw)
     resumed.restore(path)
     resumed.fit()

@@ -33,4 +33,4 @@ def launch_config(n: int, threads: int = ELEMENTWISE_THREADS, max_blocks: int | 
 
 SIGNATURES = [void(float32[::1], float32[::1], int64, float32, int64, int32[::1])]
 
-KERNELS = (KernelSpec("dropout", dropout_kernel, tuple(SIGNATURES), ELEMENTWISE_THREADS, 0, "dropout"),)
+KERNELS = (KernelSpec("dropout", dropout_kernel, tuple(SIGNATURES), ELEMENTWISE_THREADS, 0, "dropout,dropout_backward"),)

@@ -64,6 +64,13 @@ def every_op(be, rng):
     cursor = np.array([1, 0], np.int32)
     be.gather_batch(x, t, np.arange(5, dtype=np.int32), cursor, np.empty((3, 7), np.float32), np.empty(3, np.int32))
     be.advance_step(cursor, 3, np.ones(4, np.float32), np.empty(1, np.float32))
+    step = np.zeros(1, np.int32)
+    be.count_step(step)
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    be.adam_update(w, w.copy(), m, v, 1e-3, step)
+    be.adam_update(w, w.copy(), m, v, np.array([1e-3], np.float32), step, weight_decay=0.01, decoupled=True)
+    be.dropout(x, np.empty_like(x), 0.3, 7, step)
+    be.dropout_backward(x, np.empty_like(x), 0.3, 7, step)
 
 
 def test_every_launch_matches_a_declared_signature(sim):

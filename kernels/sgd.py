@@ -13,24 +13,25 @@ from __future__ import annotations
 from numba import cuda, float32, int32, void
 
 from .launch import ELEMENTWISE_THREADS, F0, KernelSpec, elementwise_config
+from .update_rules import sgd_rule
+
+
+_rule = cuda.jit(device=True)(sgd_rule)
 
 
 @cuda.jit
 def sgd_kernel(param, grad, velocity, lr_value, lr_ref, lr_on_device, momentum, weight_decay, nesterov):
-    """One SGD step on flat (P,) arrays; velocity is a one-element dummy when momentum is 0.
+    """One SGD step on flat (P,) arrays (kernels/update_rules.py's ``sgd_rule`` per element);
+    velocity is a one-element dummy when momentum is 0.
 
     The rate is ``lr_ref[0]`` when ``lr_on_device``, else ``lr_value``."""
     lr = lr_ref[0] if lr_on_device else lr_value
+    with_velocity = momentum != F0
     for i in range(cuda.grid(1), param.shape[0], cuda.gridsize(1)):
-        p = param[i]
-        g = grad[i]
-        if weight_decay != F0:
-            g = p * weight_decay + g
-        if momentum != F0:
-            v = velocity[i] * momentum + g
+        p, v = _rule(param[i], grad[i], velocity[i] if with_velocity else F0, lr, momentum, weight_decay, nesterov)
+        param[i] = p
+        if with_velocity:
             velocity[i] = v
-            g = v * momentum + g if nesterov else v
-        param[i] = p - g * lr
 
 
 def launch_config(p: int, threads: int = ELEMENTWISE_THREADS, max_blocks: int | None = None):

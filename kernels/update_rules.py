@@ -18,6 +18,17 @@ F0 = np.float32(0.0)
 ONE = np.float32(1.0)
 
 
+def sgd_rule(p, g, v, lr, momentum, weight_decay, nesterov):
+    """One element's ``(p, v)`` after an SGD step, PyTorch's definition: ``g += weight_decay * p``;
+    with momentum ``v = momentum * v + g`` and the step ``g + momentum * v`` (Nesterov) or ``v``."""
+    if weight_decay != F0:
+        g = p * weight_decay + g
+    if momentum != F0:
+        v = v * momentum + g
+        g = v * momentum + g if nesterov else v
+    return p - g * lr, v
+
+
 def adam_rule(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step_size, bc2_sqrt):
     """One element's ``(p, m, v)`` after an Adam (``decoupled`` false) or AdamW step, PyTorch's
     definition; ``step_size = lr / (1 - beta1^t)`` and ``bc2_sqrt = sqrt(1 - beta2^t)`` (see

@@ -58,19 +58,15 @@ F0 = np.float32(0.0)
 # ---------------------------------------------------------------------------- elementwise
 
 
-@_jit
-def sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov):
-    """(P,) arrays in place: PyTorch's SGD, the reference's operations in its order."""
+def _sgd_loop(param, grad, velocity, lr, momentum, weight_decay, nesterov):
+    """(P,) arrays in place: PyTorch's SGD, kernels/update_rules.py's ``sgd_rule`` per element (the
+    global ``formula`` its copy binds), the reference's operations in its order."""
+    with_velocity = momentum != F0
     for i in range(param.shape[0]):
-        p = param[i]
-        g = grad[i]
-        if weight_decay != F0:
-            g = p * weight_decay + g
-        if momentum != F0:
-            v = velocity[i] * momentum + g
+        param[i], v = formula(param[i], grad[i], velocity[i] if with_velocity else F0, lr,  # noqa: F821
+                              momentum, weight_decay, nesterov)
+        if with_velocity:
             velocity[i] = v
-            g = v * momentum + g if nesterov else v
-        param[i] = p - g * lr
 
 
 def _bias_act_loop(x, bias, out):
@@ -197,6 +193,7 @@ _BACKWARD = {name: _bound_loop(_backward_loop, _FORMS[name][1], f"{name}_backwar
              for name, a in ACTIVATIONS.items() if _plain(a.backward)}
 
 
+sgd_update = _bound_loop(_sgd_loop, _jit(update_rules.sgd_rule), "sgd_update")
 _ADAM = _bound_loop(types.FunctionType(_adam_loop.__code__, {**_adam_loop.__globals__,
                                                               "corrections": _jit(update_rules.adam_corrections)}),
                     _jit(update_rules.adam_rule), "adam_update")

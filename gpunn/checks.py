@@ -16,7 +16,7 @@ import numpy as np
 
 from gpunn.errors import ShapeError
 
-__all__ = ["BETA", "COUNT", "EPSILON", "F32_MAX", "LEARNING_RATE", "MOMENTUM", "WEIGHT_DECAY", "ScalarRule", "array", "array_type",
+__all__ = ["BETA", "COUNT", "DROP_PROBABILITY", "EPSILON", "SEED32", "F32_MAX", "LEARNING_RATE", "MOMENTUM", "WEIGHT_DECAY", "ScalarRule", "array", "array_type",
            "as_float32", "float32", "int32", "is_finite_real", "is_integer", "is_real", "labels_in_range", "loss_args", "rate"]
 
 # ---------------------------------------------------------------------------- arrays
@@ -141,6 +141,10 @@ BETA = ScalarRule("a number in [0, 1) (in float32)", lambda v: is_real(v) and 0 
 EPSILON = ScalarRule("a positive finite number (as float32: at least 1.2e-38, at most 3.4e38)",
                      lambda v: is_real(v) and v > 0 and as_float32(v) >= float(np.finfo(np.float32).tiny)
                      and math.isfinite(as_float32(v)))
+#: dropout's probability of dropping an element, and the 32-bit key of its mask
+DROP_PROBABILITY = ScalarRule("a number in [0, 1) (the probability of dropping; in float32)",
+                              lambda v: is_real(v) and 0 <= as_float32(v) < 1)
+SEED32 = ScalarRule("an integer in [0, 2^32)", lambda v: is_integer(v) and 0 <= v < 2**32)
 WEIGHT_DECAY = ScalarRule("a finite number >= 0 (as float32: at most 3.4e38)", lambda v: is_real(v) and math.isfinite(as_float32(v)) and v >= 0)
 
 

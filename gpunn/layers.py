@@ -28,7 +28,7 @@ import numpy as np
 from gpunn.backend import get_backend
 from gpunn.backend.ops import ACTIVATIONS
 from gpunn.kernels.activations import ACTIVATIONS as ACTIVATION_RECORDS
-from gpunn.checks import COUNT, array, array_type
+from gpunn.checks import COUNT, DROP_PROBABILITY, SEED32, array, array_type
 from gpunn.errors import GpunnError, ShapeError
 
 #: What the last layer of :func:`mlp` may be: a Dense activation, or a Softmax layer after it.
@@ -257,11 +257,9 @@ class Dropout(Layer):
         super().__init__(backend)
         if not COUNT.ok(width):
             raise ValueError(f"Dropout: width must be a positive integer, got {width!r}")
-        if not (isinstance(p, (int, float, np.floating, np.integer)) and not isinstance(p, bool) and 0 <= p < 1):
-            raise ValueError(f"Dropout: p must be a number in [0, 1) (the probability of dropping), got {p!r}")
-        if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and 0 <= seed < 2**32):
-            raise ValueError(f"Dropout: seed must be an integer in [0, 2^32), got {seed!r}")
-        self.width, self.p, self.seed = int(width), float(p), int(seed)
+        self.width = int(width)
+        self.p = DROP_PROBABILITY.check("Dropout", "p", p)
+        self.seed = int(SEED32.check("Dropout", "seed", seed))
         self.counter = self.backend.zeros((1,), np.int32)  # training forwards so far
 
     def __repr__(self):
@@ -311,8 +309,7 @@ def register_layer(cls):
     is made from it.  Its parameter shapes are read by building it on the numpy backend."""
     if not (isinstance(cls, type) and issubclass(cls, Layer)):
         raise TypeError(f"register_layer: {cls!r} is not a subclass of gpunn.layers.Layer")
-    known = LAYER_TYPES.get(cls.__name__)
-    if known is not None and known is not cls and cls.__name__ in BUILTIN_LAYERS:
+    if cls.__name__ in BUILTIN_LAYERS and LAYER_TYPES[cls.__name__] is not cls:
         raise ValueError(f"register_layer: {cls.__name__} is one of gpunn's own layers")
     LAYER_TYPES[cls.__name__] = cls
     return cls
@@ -522,10 +519,9 @@ def config_shapes(config) -> list[tuple[int, ...]]:
             if f in ("in", "out", "width") and not COUNT.ok(c[f]):
                 raise ValueError(f"layer {i}: {kind} {f} must be a positive integer, not {c[f]!r}")
         if kind == "Dropout":
-            if not (isinstance(c["p"], (int, float)) and not isinstance(c["p"], bool) and 0 <= c["p"] < 1):
-                raise ValueError(f"layer {i}: Dropout p must be a number in [0, 1), not {c['p']!r}")
-            if not (isinstance(c["seed"], int) and not isinstance(c["seed"], bool) and 0 <= c["seed"] < 2**32):
-                raise ValueError(f"layer {i}: Dropout seed must be an integer in [0, 2^32), not {c['seed']!r}")
+            for f, rule in (("p", DROP_PROBABILITY), ("seed", SEED32)):
+                if not rule.ok(c[f]):
+                    raise ValueError(f"layer {i}: Dropout {f} must be {rule.what}, not {c[f]!r}")
         if kind == "Dense":
             if c["activation"] not in ACTIVATIONS:
                 raise ValueError(f"layer {i}: unknown activation {c['activation']!r}; expected one of {', '.join(ACTIVATIONS)}")

@@ -16,7 +16,7 @@ import sys
 
 from gpunn.backend.cublas import GEMM_IMPLEMENTATIONS
 from gpunn.backend.ops import ACTIVATIONS
-from gpunn.checks import BETA, EPSILON, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY
+from gpunn.checks import BETA, DROP_PROBABILITY, EPSILON, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY
 from gpunn.errors import GpunnError
 from gpunn.layers import OUTPUT_ACTIVATIONS
 from gpunn.losses import LOSSES
@@ -50,7 +50,7 @@ learning_rate = number(float, LEARNING_RATE.ok, LEARNING_RATE.what)
 momentum = number(float, MOMENTUM.ok, MOMENTUM.what)
 weight_decay = number(float, WEIGHT_DECAY.ok, WEIGHT_DECAY.what)
 beta = number(float, BETA.ok, BETA.what)
-probability = number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+probability = number(float, DROP_PROBABILITY.ok, DROP_PROBABILITY.what)
 epsilon = number(float, EPSILON.ok, EPSILON.what)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from gpunn import checkpoint
 from gpunn.backend import get_backend
 from gpunn.backend.ops import ACTIVATIONS
-from gpunn.checks import BETA, COUNT, EPSILON, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, is_integer, is_real
+from gpunn.checks import BETA, COUNT, DROP_PROBABILITY, EPSILON, LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, is_integer
 from gpunn.data import batch_slices, epoch_permutation
 from gpunn.errors import CheckpointError, DataError, TrainingDiverged
 from gpunn.instrument import annotate_nvtx
@@ -113,7 +113,7 @@ _FIELD_RULES = (
     ("activation", _one_of(ACTIVATIONS), f"one of {', '.join(ACTIVATIONS)} (unknown activation)"),
     ("loss", _one_of(LOSSES), f"one of {', '.join(LOSSES)} (unknown loss)"),
     ("output_activation", _one_of(OUTPUT_ACTIVATIONS), f"one of {', '.join(OUTPUT_ACTIVATIONS)} (unknown output activation)"),
-    ("dropout", lambda v: is_real(v) and 0 <= v < 1, "a number in [0, 1) (the probability of dropping)"),
+    ("dropout", DROP_PROBABILITY.ok, DROP_PROBABILITY.what),
     ("epochs", COUNT.ok, "a positive integer"),
     ("batch_size", COUNT.ok, "a positive integer (the batch size)"),
     ("optimizer", _one_of(OPTIMIZERS), f"one of {', '.join(OPTIMIZERS)} (unknown optimizer)"),

@@ -31,7 +31,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from gpunn.checks import (BETA, EPSILON, MOMENTUM, WEIGHT_DECAY, array, as_float32, int32, is_integer, is_real,
+from gpunn.checks import (BETA, DROP_PROBABILITY, EPSILON, MOMENTUM, SEED32, WEIGHT_DECAY, array, int32,
                           labels_in_range, loss_args, rate)
 from gpunn.errors import ShapeError
 from gpunn.kernels.activations import ACTIVATIONS as ACTIVATION_RECORDS
@@ -422,12 +422,10 @@ def count_step(backend, step):
 def _dropout_checks(op, backend, x, out, p, seed, step, xname):
     array(op, xname, x, dtype=backend.dtype, backend=backend)
     array(op, "out" if xname == "x" else "dx", out, shape=x.shape, dtype=backend.dtype, backend=backend)
-    if not (is_real(p) and 0 <= as_float32(p) < 1):
-        raise ValueError(f"{op}: p must be a number in [0, 1) (the probability of dropping), got {p!r}")
-    if not (is_integer(seed) and 0 <= seed < 2**32):
-        raise ValueError(f"{op}: seed must be an integer in [0, 2^32), got {seed!r}")
+    p = DROP_PROBABILITY.check(op, "p", p)
+    seed = int(SEED32.check(op, "seed", seed))
     array(op, "step", step, shape=(1,), dtype=int32, backend=backend)
-    return x, out, float(p), int(seed), step
+    return x, out, p, seed, step
 
 
 @_op(cost=lambda x, **_: dropout_cost(int(np.prod(x.shape))), variant=lambda p, **_: f"p={p:g}")

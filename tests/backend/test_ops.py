@@ -4,7 +4,7 @@ Each test states its inputs and the op; ``check`` runs it on the backend under t
 and on the reference, each on fresh copies, and compares every array afterwards
 (outputs, and inputs too, so an op that clobbers an input it should not is caught)
 with per-dtype tolerances.  Outputs start as NaN, so an element a kernel forgets to
-write fails.  Shapes are irregular (1, 7, 31, 33, 257) and include rows wider than
+write fails.  Shapes are irregular (1, 7, 31, 33, 37, 257) and include rows wider than
 a block (1100 columns against the simulator's 32-thread and a GPU's 256-thread
 blocks).  The ``backend`` fixture (tests/conftest.py) runs each test on numpy,
 cuda-sim and, on a machine with a GPU, cuda.
@@ -26,7 +26,7 @@ REF = NumpyBackend()
 TOLERANCE = {np.dtype(np.float32): (2e-5, 2e-6), np.dtype(np.int32): (0, 0)}
 
 ROW_SHAPES = [(1, 1), (7, 31), (31, 33), (33, 7), (2, 257), (3, 1100)]
-ELEMENTWISE_SHAPES = [(1, 1), (7, 31), (257, 33), (2, 1100)]
+ELEMENTWISE_SHAPES = [(1, 1), (7, 31), (37, 33), (2, 1100)]  # 1,221 elements: several passes of a grid
 
 
 def rng_for(*key):
@@ -234,9 +234,9 @@ def test_mse_grad_overwrites_y(backend):
 
 
 def test_losses_and_count_over_many_rows(backend):
-    """257 rows: more rows than the simulated grid has blocks, so every row kernel grid-strides."""
+    """37 rows: more rows than the simulated grid has blocks (8), so every row kernel grid-strides."""
     rng = rng_for("many_rows")
-    n, c = 257, 10
+    n, c = 37, 10
     z, t = logits(rng, (n, c)), labels_for(rng, n, c)
 
     def op(be, d):
@@ -260,7 +260,7 @@ SGD_SETTINGS = [  # (momentum, weight_decay, nesterov)
 
 
 @pytest.mark.parametrize("momentum, weight_decay, nesterov", SGD_SETTINGS)
-@pytest.mark.parametrize("shape", [(33,), (257, 33)], ids=str)
+@pytest.mark.parametrize("shape", [(33,), (7, 150)], ids=str)  # 1,050 elements: several blocks
 def test_sgd_update(backend, shape, momentum, weight_decay, nesterov):
     rng = rng_for("sgd", shape, momentum, weight_decay, nesterov)
     arrays = {"p": normal(rng, shape), "g": normal(rng, shape), "v": normal(rng, shape, 0.1)}
@@ -276,7 +276,7 @@ def test_sgd_update(backend, shape, momentum, weight_decay, nesterov):
 def test_sgd_update_reads_the_rate_on_the_device(backend, momentum, weight_decay, nesterov):
     """lr as a one-element device array: the rate it holds when the op runs, changed between steps."""
     rng = rng_for("sgd-device-lr", momentum, weight_decay, nesterov)
-    shape = (257, 33)
+    shape = (7, 150)
     arrays = {"p": normal(rng, shape), "g": normal(rng, shape), "v": normal(rng, shape, 0.1),
               "lr": np.array([0.05], np.float32)}
 

@@ -1,11 +1,21 @@
-"""Shared-memory tiled GEMM: ``out (M,N) = op(a) @ op(b)`` (``+ out`` with accumulate).
+"""GEMM, ``out (M,N) = op(a) @ op(b)`` (``+ out`` with accumulate), in three versions.
 
 The alternative to cuBLAS (``CudaBackend(gemm="numba")``, ``--gemm numba``).
 op is a transpose when ``trans_a``/``trans_b`` is set, which gives the three
 products a dense layer needs without copying: forward ``X W``, backward
-``Xᵀ dY`` (trans_a) and ``dY Wᵀ`` (trans_b).
+``Xᵀ dY`` (trans_a) and ``dY Wᵀ`` (trans_b).  The versions (:data:`VERSIONS`):
 
-A (32, 8) block computes a 32x32 tile of out, each thread 4 rows of one column
+1. ``naive``: one thread per output, the K loop straight from global memory: 2K loads per
+   2K FLOPs (intensity 0.25 FLOP/B before caches), and a transposed operand read with a
+   stride.
+2. ``tiled``: a 16x16 block stages 16x16 tiles of op(a) and op(b) in shared memory, one
+   output per thread: each element loaded from global memory is used 16 times (16x fewer
+   loads), every load coalesced whatever the transposes.
+3. ``blocked`` (the backend's): 32x32 tiles and each thread 4 outputs of a column (register
+   blocking): a value read from shared memory serves 4 multiply-adds, 32x reuse from global
+   memory, and a quarter of the threads.  Described below.
+
+Version 3: a (32, 8) block computes a 32x32 tile of out, each thread 4 rows of one column
 (register blocking).  For each 32-wide slice of K, the block stages a 32x32 tile of
 op(a) and of op(b) in shared memory; transposed operands are read with the
 thread roles swapped, so global reads stay coalesced either way, and the tiles
@@ -18,9 +28,10 @@ reuses every element 32 times from shared memory.
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import cuda, float32, int32, void
 
-from .launch import F0, MAX_GRID_YZ, KernelSpec, cdiv, clamp_grid
+from .launch import F0, MAX_GRID_YZ, KernelSpec, Version, cdiv, clamp_grid
 
 TILE = 32  # out tile is TILE x TILE; K is consumed TILE at a time
 LANES = 8  # threadIdx.y; each thread owns TILE // LANES rows of the tile
@@ -40,6 +51,56 @@ def stage(tile, src, trans, r, off0, off1, lim0, lim1):
         tile[tx, r] = src[off1 + r, off0 + tx] if off0 + tx < lim0 and off1 + r < lim1 else F0
     else:  # src is (lim0, lim1)
         tile[r, tx] = src[off0 + r, off1 + tx] if off0 + r < lim0 and off1 + tx < lim1 else F0
+
+
+SMALL = 16  # the tiled version's tile and block edge
+
+
+@cuda.jit
+def gemm_naive_kernel(a, b, out, trans_a, trans_b, accumulate):
+    """Version 1: ``out[row, col]`` by one thread, straight from global memory."""
+    m, n = out.shape
+    k_dim = a.shape[0] if trans_a else a.shape[1]
+    col0, row0 = cuda.grid(2)
+    cols, rows = cuda.gridsize(2)
+    for row in range(row0, m, rows):
+        for col in range(col0, n, cols):
+            acc = F0
+            for k in range(k_dim):
+                av = a[k, row] if trans_a else a[row, k]
+                bv = b[col, k] if trans_b else b[k, col]
+                acc += av * bv
+            if accumulate:
+                acc += out[row, col]
+            out[row, col] = acc
+
+
+@cuda.jit
+def gemm_tiled_kernel(a, b, out, trans_a, trans_b, accumulate):
+    """Version 2: 16x16 shared-memory tiles, one output per thread; launch with ``tiled_config``."""
+    a_tile = cuda.shared.array((SMALL, SMALL + 1), float32)
+    b_tile = cuda.shared.array((SMALL, SMALL + 1), float32)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    m, n = out.shape
+    k_dim = a.shape[0] if trans_a else a.shape[1]
+    for tile_m in range(cuda.blockIdx.y, (m + SMALL - 1) // SMALL, cuda.gridDim.y):
+        for tile_n in range(cuda.blockIdx.x, (n + SMALL - 1) // SMALL, cuda.gridDim.x):
+            row0 = tile_m * SMALL
+            col0 = tile_n * SMALL
+            acc = F0
+            for k0 in range(0, k_dim, SMALL):
+                stage(a_tile, a, trans_a, ty, row0, k0, m, k_dim)  # a_tile = op(a)[row0:, k0:]
+                stage(b_tile, b, trans_b, ty, k0, col0, k_dim, n)  # b_tile = op(b)[k0:, col0:]
+                cuda.syncthreads()
+                for k in range(SMALL):
+                    acc += a_tile[ty, k] * b_tile[k, tx]
+                cuda.syncthreads()
+            row, col = row0 + ty, col0 + tx
+            if row < m and col < n:
+                if accumulate:
+                    acc += out[row, col]
+                out[row, col] = acc
 
 
 @cuda.jit
@@ -86,6 +147,43 @@ def launch_config(m: int, n: int, max_blocks: int | None = None):
     return (clamp_grid(cdiv(n, TILE), max_blocks), clamp_grid(cdiv(m, TILE), y_limit)), (TILE, LANES)
 
 
+def tiled_config(m: int, n: int, max_blocks: int | None = None):
+    """(grid, block) of versions 1 and 2: a 16x16 block per 16x16 tile of out (grid-strided)."""
+    y_limit = MAX_GRID_YZ if max_blocks is None else min(max_blocks, MAX_GRID_YZ)
+    return (clamp_grid(cdiv(n, SMALL), max_blocks), clamp_grid(cdiv(m, SMALL), y_limit)), (SMALL, SMALL)
+
+
+def _flags(a, b, out, trans_a, trans_b, accumulate):
+    return a, b, out, np.int32(trans_a), np.int32(trans_b), np.int32(accumulate)
+
+
+def _plan_naive(ctx, a, b, out, trans_a, trans_b, accumulate):
+    return [("gemm_naive", gemm_naive_kernel, *tiled_config(*out.shape, ctx.max_blocks),
+             _flags(a, b, out, trans_a, trans_b, accumulate))]
+
+
+def _plan_tiled(ctx, a, b, out, trans_a, trans_b, accumulate):
+    return [("gemm_tiled", gemm_tiled_kernel, *tiled_config(*out.shape, ctx.max_blocks),
+             _flags(a, b, out, trans_a, trans_b, accumulate))]
+
+
+def _plan_blocked(ctx, a, b, out, trans_a, trans_b, accumulate):
+    return [("gemm", gemm_kernel, *launch_config(*out.shape, ctx.max_blocks),
+             _flags(a, b, out, trans_a, trans_b, accumulate))]
+
+
+#: The versions of this family's op, in the order of its record (cuBLAS is the built-in beside them).
+VERSIONS = {"gemm": (
+    Version("naive", "one thread per output from global memory: 2 loads per multiply-add", _plan_naive),
+    Version("tiled", "16x16 shared-memory tiles: each loaded element used 16 times", _plan_tiled),
+    Version("blocked", "32x32 tiles, 4 outputs per thread: 32x reuse, a shared read serves 4 FMAs",
+            _plan_blocked),
+)}
+
 SIGNATURES = [void(float32[:, ::1], float32[:, ::1], float32[:, ::1], int32, int32, int32)]
 
-KERNELS = (KernelSpec("gemm", gemm_kernel, tuple(SIGNATURES), TILE * LANES, 2 * 4 * TILE * PADDED, "gemm"),)
+KERNELS = (
+    KernelSpec("gemm_naive", gemm_naive_kernel, tuple(SIGNATURES), SMALL * SMALL, 0, "gemm"),
+    KernelSpec("gemm_tiled", gemm_tiled_kernel, tuple(SIGNATURES), SMALL * SMALL, 2 * 4 * SMALL * (SMALL + 1), "gemm"),
+    KernelSpec("gemm", gemm_kernel, tuple(SIGNATURES), TILE * LANES, 2 * 4 * TILE * PADDED, "gemm"),
+)

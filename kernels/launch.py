@@ -46,6 +46,21 @@ class KernelSpec(NamedTuple):
     op: str  # the op of gpunn.backend.ops this kernel (or its part) implements
 
 
+class Version(NamedTuple):
+    """One way of computing an op: a kernel family may hold several, from the obvious one to the
+    fastest (the op's record in ``gpunn.backend.ops`` names them and the one the backend uses).
+
+    ``plan(ctx, *args)`` takes the op's arguments in the record's order and returns the launches,
+    ``[(kernel name, kernel, grid, block, launch arguments), ...]``, in order.  ``ctx`` is the
+    backend: ``ctx.threads`` (most threads of a row-wise block), ``ctx.elementwise_threads``,
+    ``ctx.max_blocks`` (a cap on grids, or None) and ``ctx.workspace(tag, shape, dtype)`` (a
+    scratch array kept between calls)."""
+
+    name: str
+    summary: str  # one line: what it changes from the version before, and what that should buy
+    plan: Callable
+
+
 def cdiv(a: int, b: int) -> int:
     """Ceiling division for non-negative integers."""
     return -(-a // b)

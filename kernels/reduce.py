@@ -11,9 +11,11 @@ All threads of the block must call a reduction (they contain barriers).
 """
 from __future__ import annotations
 
+import math
+
 from numba import cuda, float32, int32, void
 
-from .launch import F0, ROW_THREADS, KernelSpec, check_pow2_threads
+from .launch import F0, NEG_INF, ONE, ROW_THREADS, KernelSpec, check_pow2_threads
 
 
 SUM = 0
@@ -59,6 +61,46 @@ def block_argmax(shv, shi, value, index):
     best = shi[0]
     cuda.syncthreads()
     return best
+
+
+@cuda.jit(device=True)
+def online_add(m, s, x):
+    """One more element ``x`` into a running (max m, sum of exp(· - m) s): the online softmax's
+    step (Milakov & Gimelshein, 2018).  When x is a new maximum the sum so far is rescaled."""
+    if x > m:
+        return x, s * math.exp(m - x) + ONE  # m = -inf at the start: exp(-inf) = 0
+    return m, s + math.exp(x - m)
+
+
+@cuda.jit(device=True)
+def online_merge(m1, s1, m2, s2):
+    """Two running (max, sum) pairs as one; a pair that has seen nothing is (-inf, 0)."""
+    if m2 == NEG_INF:
+        return m1, s1
+    if m1 == NEG_INF:
+        return m2, s2
+    m = max(m1, m2)
+    return m, s1 * math.exp(m1 - m) + s2 * math.exp(m2 - m)
+
+
+@cuda.jit(device=True)
+def block_reduce_online(shm, shs, m, s):
+    """Every thread's running (max, sum of exp) merged over the block, returned to every thread.
+
+    ``shm``, ``shs``: the caller's float32[ROW_THREADS] shared buffers; one tree, not two."""
+    tid = cuda.threadIdx.x
+    shm[tid] = m
+    shs[tid] = s
+    cuda.syncthreads()
+    half = cuda.blockDim.x // 2
+    while half > 0:
+        if tid < half:
+            shm[tid], shs[tid] = online_merge(shm[tid], shs[tid], shm[tid + half], shs[tid + half])
+        cuda.syncthreads()
+        half //= 2
+    m, s = shm[0], shs[0]
+    cuda.syncthreads()
+    return m, s
 
 
 @cuda.jit

@@ -14,7 +14,8 @@ tier (``pytest -m gpu``) or ``GPUNN_CUDASIM=0`` is set.
 The ``backend`` fixture gives each test every backend: ``numpy`` (the reference),
 ``cuda-sim`` (the cuda backend in the simulator, with the tiled GEMM, 32-thread
 blocks and at most 8 blocks per grid, so grid-stride and block-stride loops run and
-the simulator stays quick) and ``cuda`` (a real GPU, default options).
+the simulator stays quick) and ``cuda`` (a real GPU, default options).  The ``versioned``
+fixture gives the two kernel backends with an op run as one of its kernel versions.
 """
 from __future__ import annotations
 
@@ -105,6 +106,11 @@ def backend_params():
     ]
 
 
+def kernel_backend_params():
+    """``backend_params`` less numpy: the backends that run gpunn's kernels (and so their versions)."""
+    return [p for p in backend_params() if p.id != "numpy"]
+
+
 def backend_names():
     """Names of the backends that can run in this process."""
     names = ["numpy"]
@@ -119,6 +125,8 @@ def pytest_generate_tests(metafunc):
     # Computed here, after pytest_configure, so the simulator decision is already made.
     if "backend_name" in metafunc.fixturenames:
         metafunc.parametrize("backend_name", backend_params())
+    if "kernel_backend_name" in metafunc.fixturenames:
+        metafunc.parametrize("kernel_backend_name", kernel_backend_params())
 
 
 @pytest.fixture
@@ -131,6 +139,13 @@ def backend(backend_name):
 def backend_with(backend_name):
     """``backend_with(**options)``: each backend in turn, built with the cuda backend's options."""
     return lambda **options: make_backend(backend_name, **options)
+
+
+@pytest.fixture
+def versioned(kernel_backend_name):
+    """``versioned(op, version)``: each kernel backend in turn (cuda-sim, cuda), running ``op`` as that
+    kernel version (the conformance suite's way of holding every version to the reference)."""
+    return lambda op, version: make_backend(kernel_backend_name, versions={op: version})
 
 
 @pytest.fixture

@@ -104,6 +104,36 @@ class Backend(abc.ABC):
         """One line naming the device, for logs and metrics."""
         return self.name
 
+    # ------------------------------------------------------------------ versions of an op
+    def use_version(self, op: str, version) -> None:
+        """Run ``op`` as ``version`` from now on: a function taking the op's arguments in its
+        record's order (``fn(x, out)`` for softmax) that writes the op's outputs (a user's version:
+        see :mod:`gpunn.lab`), or the name of one of the op's kernel versions (``"online"``: the
+        record's ``versions``; the cuda backend has them).  Calls still go through
+        ``unchecked`` (so a profiler sees them) and the checked method still checks first."""
+        record = OPS.get(op)
+        if record is None:
+            raise ValueError(f"unknown op {op!r}; the ops are {', '.join(OPS)}")
+        if callable(version):
+            check_arity(record, version, getattr(version, "__name__", repr(version)))
+            setattr(self, "_" + op, version)  # an instance attribute: Unchecked calls it in the method's place
+        elif not isinstance(version, str) or version not in record.versions:
+            raise ValueError(f"{op} has no version {version!r}"
+                             + (f"; its versions are {', '.join(record.versions)}" if record.versions
+                                else ": it has one kernel"))
+        else:
+            self._use_named_version(record, version)
+        self.versions_in_use[op] = version if isinstance(version, str) else getattr(version, "__name__", "user")
+
+    @property
+    def versions_in_use(self) -> dict:
+        """``{op: version name}`` for each op :meth:`use_version` changed."""
+        return self.__dict__.setdefault("_versions_in_use", {})
+
+    def _use_named_version(self, record, version: str) -> None:
+        raise ValueError(f"the {self.name} backend has one implementation of each op (the reference); "
+                         f"{record.name}'s version {version!r} is a kernel of the cuda backend")
+
     # ------------------------------------------------------------------ ops
     #: This backend's op implementations without the argument checks (an :class:`Unchecked`).
     #: ``be.unchecked.gemm(x, W, out, trans_a=False, trans_b=False, accumulate=False)``: no
@@ -154,9 +184,9 @@ class Backend(abc.ABC):
         self.unchecked.softmax_backward(*OPS["softmax_backward"].check(self, y, dy, out))
 
     @_documented(OPS["softmax_cross_entropy"])
-    def softmax_cross_entropy(self, logits, labels, grad, loss, accumulate=False):
+    def softmax_cross_entropy(self, logits, labels, grad, loss, accumulate=False, correct=None):
         self.unchecked.softmax_cross_entropy(
-            *OPS["softmax_cross_entropy"].check(self, logits, labels, grad, loss, accumulate))
+            *OPS["softmax_cross_entropy"].check(self, logits, labels, grad, loss, accumulate, correct))
 
     @_documented(OPS["mse"])
     def mse(self, y, labels, grad, loss, accumulate=False):
@@ -203,6 +233,19 @@ class Backend(abc.ABC):
     # raises TypeError, naming it.
 
 
+def check_arity(record, fn, label: str) -> None:
+    """ValueError unless ``fn`` can be called with the op's arguments, positionally, in order."""
+    import inspect
+
+    try:
+        inspect.signature(fn).bind(*record.args)
+    except TypeError:
+        raise ValueError(f"{label} cannot take {record.name}'s {len(record.args)} arguments "
+                         f"({', '.join(record.args)}), in that order") from None
+    except ValueError:  # no signature (a builtin): called as it is
+        pass
+
+
 class Unchecked:
     """The op implementations of one backend, without checks: ``backend.unchecked.<op>(...)``.
 
@@ -244,8 +287,8 @@ class Unchecked:
     def softmax_backward(self, y, dy, out):
         self.impl._softmax_backward(y, dy, out)
 
-    def softmax_cross_entropy(self, logits, labels, grad, loss, accumulate=False):
-        self.impl._softmax_cross_entropy(logits, labels, grad, loss, accumulate)
+    def softmax_cross_entropy(self, logits, labels, grad, loss, accumulate=False, correct=None):
+        self.impl._softmax_cross_entropy(logits, labels, grad, loss, accumulate, correct)
 
     def mse(self, y, labels, grad, loss, accumulate=False):
         self.impl._mse(y, labels, grad, loss, accumulate)

@@ -36,6 +36,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 from numba import cuda
 
+from gpunn.backend import ops
 from gpunn.backend.base import Backend
 from gpunn.backend.cublas import GEMM_IMPLEMENTATIONS
 from gpunn.backend.cuda_launch import Launcher, stream_arg
@@ -51,12 +52,10 @@ from gpunn.kernels import (
     bias_act,
     bias_grad,
     count_correct,
-    gemm,
     mse,
     reduce,
     sgd,
     softmax,
-    softmax_cross_entropy,
 )
 from gpunn.kernels.random import dropout_constants
 from gpunn.kernels.launch import ELEMENTWISE_THREADS, ROW_THREADS, check_pow2_threads, source_digest
@@ -115,6 +114,9 @@ class CudaBackend(Backend):
       max_blocks: cap on every grid dimension (default: the hardware limits); the
         kernels loop over what the grid does not cover.  Tests use a small cap to
         exercise those loops.
+      versions: ``{op: version}``, each passed to :meth:`use_version`: the name of one of the
+        op's kernel versions (its record's ``versions``: ``{"softmax": "online"}``) or a
+        user's function (:mod:`gpunn.lab`).  A GEMM version replaces cuBLAS.
 
     ``launch_hooks`` is a list of callables ``hook(launch: Launch, run)``; each
     must call ``run()`` exactly once (to launch, or reach the next hook), and may
@@ -124,7 +126,8 @@ class CudaBackend(Backend):
 
     name = "cuda"
 
-    def __init__(self, gemm: str = "cublas", threads: int | None = None, max_blocks: int | None = None):
+    def __init__(self, gemm: str = "cublas", threads: int | None = None, max_blocks: int | None = None,
+                 versions: dict | None = None):
         if gemm not in GEMM_IMPLEMENTATIONS:
             raise ValueError(f"gemm must be one of {', '.join(GEMM_IMPLEMENTATIONS)}, got {gemm!r}")
         self.gemm_impl = gemm
@@ -150,6 +153,20 @@ class CudaBackend(Backend):
                 raise BackendUnavailable(f"the cuda backend needs an NVIDIA GPU with CuPy, and none is usable here: {reason}")
             self._init_gpu()
         self._dummy = self.xp.zeros(1, dtype=np.float32)  # stands in for an absent bias, velocity or rate
+        # each versioned op's launches: the record's default version (GEMM: cuBLAS unless gemm="numba")
+        self._plans = {op: kernel_versions(op)[ops.OPS[op].version].plan for op in versioned_ops()}
+        for op, version in (versions or {}).items():
+            self.use_version(op, version)
+
+    def _use_named_version(self, record, version):
+        self._plans[record.name] = kernel_versions(record.name)[version].plan
+        if record.name == "gemm":
+            self.gemm_impl = "numba"  # a gpunn GEMM version chosen: it replaces cuBLAS
+        self.__dict__.pop("_" + record.name, None)  # a user's version set before gives way
+
+    def workspace(self, tag, shape, dtype=np.float32):
+        """A device scratch array kept by (tag, shape, dtype) (what a kernel version's plan asks for)."""
+        return self._workspace(tag, shape, dtype)
 
     def _init_gpu(self):
         import cupy
@@ -249,12 +266,14 @@ class CudaBackend(Backend):
             self._branched = False
 
     def describe(self) -> str:
-        gemm_name = {"cublas": "numpy matmul" if self.simulated else "cuBLAS", "numba": "tiled numba"}[self.gemm_impl]
+        gemm_name = {"cublas": "numpy matmul" if self.simulated else "cuBLAS",
+                     "numba": f"gpunn {self.versions_in_use.get('gemm', 'blocked')}"}[self.gemm_impl]
+        chosen = "".join(f"; {op}: {v}" for op, v in self.versions_in_use.items() if op != "gemm")
         if self.simulated:
-            return f"cuda (Numba CUDA simulator, NumPy arrays; GEMM: {gemm_name})"
+            return f"cuda (Numba CUDA simulator, NumPy arrays; GEMM: {gemm_name}{chosen})"
         props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-        return f"cuda ({name}, compute capability {props['major']}.{props['minor']}; GEMM: {gemm_name})"
+        return f"cuda ({name}, compute capability {props['major']}.{props['minor']}; GEMM: {gemm_name}{chosen})"
 
     def _workspace(self, tag, shape, dtype=np.float32):
         """A device scratch array cached by (tag, shape, dtype): allocated once, then reused."""
@@ -329,13 +348,16 @@ class CudaBackend(Backend):
         return launches
 
     # ------------------------------------------------------------------ ops
+    def _versioned(self, op, args):
+        """Queue the launches of the version of ``op`` in use (its plan, in its kernel family)."""
+        plan = self._plans[op]
+        self._queue(op, args, lambda: plan(self, *args))
+
     def _gemm(self, a, b, out, trans_a, trans_b, accumulate):
         if self.gemm_impl == "cublas":
             self._blas_gemm(a, b, out, trans_a, trans_b, accumulate)
             return
-        self._queue("gemm", (a, b, out, trans_a, trans_b, accumulate), lambda: [(
-            "gemm", gemm.gemm_kernel, *gemm.launch_config(out.shape[0], out.shape[1], self.max_blocks),
-            (a, b, out, i32(trans_a), i32(trans_b), i32(accumulate)))])
+        self._versioned("gemm", (a, b, out, trans_a, trans_b, accumulate))
 
     def _bias_act(self, x, bias, act, out):
         self._queue("bias_act", (x, bias, act, out), lambda: [(
@@ -360,25 +382,15 @@ class CudaBackend(Backend):
              (s, dy, i32(bias_act.ACT_CODES[act]), dz)), dz, db))
 
     def _softmax(self, x, out):
-        self._queue("softmax", (x, out), lambda: [(
-            "softmax_forward", softmax.softmax_forward_kernel,
-            *softmax.launch_config(*x.shape, self.threads, self.max_blocks), (x, out))])
+        self._versioned("softmax", (x, out))
 
     def _softmax_backward(self, y, dy, out):
         self._queue("softmax_backward", (y, dy, out), lambda: [(
             "softmax_backward", softmax.softmax_backward_kernel,
             *softmax.launch_config(*y.shape, self.threads, self.max_blocks), (y, dy, out))])
 
-    def _softmax_cross_entropy(self, logits, labels, grad, loss, accumulate):
-        def plan():
-            n, c = logits.shape
-            row_loss = self._workspace("row_loss", (n,))
-            return [("softmax_cross_entropy", softmax_cross_entropy.softmax_cross_entropy_kernel,
-                     *softmax_cross_entropy.launch_config(n, c, self.threads, self.max_blocks),
-                     (logits, labels, grad, row_loss, f32(1.0 / n))),
-                    self._finish_loss(row_loss, loss, n, accumulate)]
-
-        self._queue("softmax_cross_entropy", (logits, labels, grad, loss, accumulate), plan)
+    def _softmax_cross_entropy(self, logits, labels, grad, loss, accumulate, correct):
+        self._versioned("softmax_cross_entropy", (logits, labels, grad, loss, accumulate, correct))
 
     def _mse(self, y, labels, grad, loss, accumulate):
         def plan():
@@ -437,6 +449,20 @@ class CudaBackend(Backend):
     def _advance_step(self, cursor, stride, lr_table, lr):
         self._queue("advance_step", (cursor, stride, lr_table, lr), lambda: [(
             "advance_step", batch.advance_step_kernel, *batch.advance_config(), (cursor, i32(stride), lr_table, lr))])
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_versions(op: str) -> dict:
+    """``{name: Version}`` of ``op``'s kernel versions, from its family's ``VERSIONS``, in the record's order."""
+    found = {}
+    for family in FAMILIES:
+        found.update(getattr(importlib.import_module(f"gpunn.kernels.{family}"), "VERSIONS", {}))
+    return {v.name: v for v in found.get(op, ())}
+
+
+def versioned_ops() -> tuple:
+    """The ops whose record names kernel versions."""
+    return tuple(name for name, record in ops.OPS.items() if record.versions)
 
 
 def call_key(op, args) -> tuple:

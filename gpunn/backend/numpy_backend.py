@@ -167,8 +167,10 @@ class NumpyBackend(Backend):
         np.subtract(dy, dot, out=out)
         out *= y
 
-    # grad = (softmax(z) - onehot)/N; loss = mean(logsumexp(z) - z[label])
-    def _softmax_cross_entropy(self, logits, labels, grad, loss, accumulate):
+    # grad = (softmax(z) - onehot)/N; loss = mean(logsumexp(z) - z[label]); correct += argmax hits
+    def _softmax_cross_entropy(self, logits, labels, grad, loss, accumulate, correct):
+        if correct is not None:  # on the logits, before grad may overwrite them
+            self._count_correct(logits, labels, correct)
         n = logits.shape[0]
         idx = self._row_index(labels, logits.shape[1])
         z_true = self._workspace("z_true", (n,))

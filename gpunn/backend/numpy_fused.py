@@ -230,7 +230,9 @@ class FusedNumpyBackend(NumpyBackend):
         else:
             kernel(s, dy, out)
 
-    def _softmax_cross_entropy(self, logits, labels, grad, loss, accumulate):
+    def _softmax_cross_entropy(self, logits, labels, grad, loss, accumulate, correct):
+        if correct is not None:  # on the logits, before grad may overwrite them
+            correct[0] += count_correct(logits, labels)
         value = F32(softmax_cross_entropy(logits, labels, grad, F32(1.0 / logits.shape[0])))
         loss[0] = loss[0] + value if accumulate else value
 

@@ -191,6 +191,10 @@ class Op:
     check: Callable  # (backend, *args, **kwargs) -> tuple of every argument, in order
     cost: Callable  # (**named arguments) -> Cost
     variant: Callable  # (**named arguments) -> str
+    #: the names of the op's GPU kernel versions, naive to fast (each one's launches and its line
+    #: of what it buys are in its kernel family, ``gpunn.kernels.<family>.VERSIONS``); () = one kernel
+    versions: tuple = ()
+    version: str | None = None  # the version the cuda backend uses unless told otherwise
 
     @property
     def word(self) -> str:
@@ -232,14 +236,15 @@ def _no_variant(**_) -> str:
     return ""
 
 
-def _op(cost, variant=_no_variant):
+def _op(cost, variant=_no_variant, versions=(), version=None):
     """Make the decorated check function the record of the op it is named after: the record
     goes into :data:`OPS` and takes the function's name here (``ops.gemm`` is gemm's record)."""
+    assert (version in versions) if versions else version is None
 
     def record(check):
         args = tuple(inspect.signature(check).parameters)[1:]  # less backend
         meaning = " ".join(inspect.getdoc(check).split("\n\n")[0].split())
-        op = OPS[check.__name__] = Op(check.__name__, args, meaning, check, cost, variant)
+        op = OPS[check.__name__] = Op(check.__name__, args, meaning, check, cost, variant, tuple(versions), version)
         return op
 
     return record
@@ -251,12 +256,13 @@ def _trans(trans_a, trans_b, accumulate, **_):
 
 @_op(cost=lambda a, out, trans_a, accumulate, **_: gemm_cost(
          out.shape[0], out.shape[1], a.shape[0] if trans_a else a.shape[1], bool(accumulate)),
-     variant=_trans)
+     variant=_trans, versions=("naive", "tiled", "blocked"), version="blocked")
 def gemm(backend, a, b, out, trans_a=False, trans_b=False, accumulate=False):
     """``out = op(a) @ op(b)`` (``+ out`` if accumulate), op = transpose when asked.
 
     a: (M,K) or (K,M) if trans_a; b: (K,N) or (N,K) if trans_b; out: (M,N).
-    Forward ``XW``; backward ``Xᵀ dY`` (trans_a) and ``dY Wᵀ`` (trans_b)."""
+    Forward ``XW``; backward ``Xᵀ dY`` (trans_a) and ``dY Wᵀ`` (trans_b).  (The cuda backend's
+    GEMM is cuBLAS unless a gpunn version is chosen: ``gemm="numba"`` is ``blocked``.)"""
     array("gemm", "a", a, ndim=2, dtype=backend.dtype, backend=backend)
     array("gemm", "b", b, ndim=2, dtype=backend.dtype, backend=backend)
     m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
@@ -314,7 +320,7 @@ def act_bias_backward(backend, s, dy, act, dz, db):
     return s, dy, act, dz, db
 
 
-@_op(cost=lambda x, **_: softmax_cost(*x.shape))
+@_op(cost=lambda x, **_: softmax_cost(*x.shape), versions=("thread_per_row", "tree", "online"), version="tree")
 def softmax(backend, x, out):
     """Row-wise ``out = exp(x - max) / sum(exp(x - max))``, (N,C); out may be x."""
     array("softmax", "x", x, ndim=2, dtype=backend.dtype, backend=backend)
@@ -331,15 +337,22 @@ def softmax_backward(backend, y, dy, out):
     return y, dy, out
 
 
-@_op(cost=lambda logits, **_: softmax_cross_entropy_cost(*logits.shape))
-def softmax_cross_entropy(backend, logits, labels, grad, loss, accumulate=False):
+@_op(cost=lambda logits, correct, **_: softmax_cross_entropy_cost(*logits.shape)
+     + (count_correct_cost(*logits.shape) if correct is not None else Cost(0, 0)),
+     variant=lambda correct, **_: "+ count" if correct is not None else "",
+     versions=("two_kernels", "fused", "classifier"), version="fused")
+def softmax_cross_entropy(backend, logits, labels, grad, loss, accumulate=False, correct=None):
     """Fused softmax + cross-entropy on logits (N,C) and int32 labels (N,).
 
     ``grad = (softmax(logits) - onehot(labels)) / N``;
-    ``loss[0] = mean(logsumexp(logits) - logits[label])`` (``+=`` if accumulate).
+    ``loss[0] = mean(logsumexp(logits) - logits[label])`` (``+=`` if accumulate);
+    with ``correct`` ((1,) int32), also ``correct[0] +=`` the rows whose argmax (first on ties)
+    is the label, counted on the logits before grad may overwrite them (as ``count_correct``).
     Stable for any finite logits: no probability is ever logged."""
     loss_args("softmax_cross_entropy", logits, labels, loss, backend, grad=grad, name="logits")
-    return logits, labels, grad, loss, accumulate
+    if correct is not None:
+        array("softmax_cross_entropy", "correct", correct, shape=(1,), dtype=int32, backend=backend)
+    return logits, labels, grad, loss, accumulate, correct
 
 
 @_op(cost=lambda y, **_: mse_cost(*y.shape))

@@ -27,7 +27,7 @@ def test_get_backend_cuda_builds_the_simulated_backend():
     be = get_backend("cuda")
     assert isinstance(be, CudaBackend) and be.simulated and be.xp.__name__ == "numpy"
     assert be.describe() == "cuda (Numba CUDA simulator, NumPy arrays; GEMM: numpy matmul)"
-    assert "tiled numba" in get_backend("cuda", gemm="numba").describe()
+    assert "GEMM: gpunn blocked" in get_backend("cuda", gemm="numba").describe()
 
 
 @needs_simulator
@@ -107,7 +107,8 @@ def test_every_op_queues_with_all_of_its_arguments():
     for method in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
         params = [a.arg for a in method.args.args[1:]]
         for call in (n for n in ast.walk(method) if isinstance(n, ast.Call)):
-            if isinstance(call.func, ast.Attribute) and call.func.attr == "_queue" and method.name != "_queue":
+            if (isinstance(call.func, ast.Attribute) and call.func.attr in ("_queue", "_versioned")
+                    and method.name not in ("_queue", "_versioned")):
                 given = [e.id for e in call.args[1].elts]
                 assert given == params, f"{method.name} queues {given}, its parameters are {params}"
                 checked += 1

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from gpunn.backend import NumpyBackend
-from gpunn.backend.ops import ACTIVATIONS
+from gpunn.backend.ops import ACTIVATIONS, OPS
 
 REF = NumpyBackend()
 
@@ -77,6 +77,20 @@ def test_gemm_transposes_and_accumulate(backend, trans_a, trans_b, accumulate):
     b = normal(rng, (n, k) if trans_b else (k, n))
     out = normal(rng, (m, n)) if accumulate else nan((m, n))
     check(backend, lambda be, d: be.gemm(d["a"], d["b"], d["out"], trans_a, trans_b, accumulate), a=a, b=b, out=out)
+
+
+@pytest.mark.parametrize("version", OPS["gemm"].versions)
+@pytest.mark.parametrize("trans_a, trans_b, accumulate", [(False, False, False), (True, False, True),
+                                                          (False, True, True), (True, True, False)])
+def test_gemm_versions(versioned, version, trans_a, trans_b, accumulate):
+    """Every kernel version of GEMM (the conformance of the one the backend uses is above)."""
+    rng = rng_for("gemm-version", trans_a, trans_b)
+    m, k, n = 33, 40, 17  # more tiles than the simulated grid's 8 blocks along M and N
+    a = normal(rng, (k, m) if trans_a else (m, k))
+    b = normal(rng, (n, k) if trans_b else (k, n))
+    check(versioned("gemm", version), lambda be, d: be.gemm(d["a"], d["b"], d["out"], trans_a=trans_a,
+                                                              trans_b=trans_b, accumulate=accumulate),
+          a=a, b=b, out=normal(rng, (m, n)))
 
 
 @pytest.mark.parametrize("m, k, n", [(1, 1, 1), (7, 1, 33), (1, 257, 7), (31, 33, 1)])
@@ -178,6 +192,15 @@ def test_softmax(backend, shape):
     np.testing.assert_allclose(got["out"].sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("version", OPS["softmax"].versions)
+@pytest.mark.parametrize("shape", ROW_SHAPES, ids=str)
+def test_softmax_versions(versioned, version, shape):
+    x = logits(rng_for("softmax", shape), shape)
+    be = versioned("softmax", version)
+    check(be, lambda be, d: be.softmax(d["x"], d["out"]), x=x, out=nan(shape))
+    check(be, lambda be, d: be.softmax(d["x"], d["x"]), x=x)  # in place
+
+
 def test_softmax_in_place(backend):
     x = logits(rng_for("softmax_inplace"), (7, 33))
     check(backend, lambda be, d: be.softmax(d["x"], d["x"]), x=x)
@@ -209,6 +232,49 @@ def test_softmax_cross_entropy(backend, shape, accumulate):
     got = check(backend, lambda be, d: be.softmax_cross_entropy(d["z"], d["t"], d["grad"], d["loss"], accumulate),
                 z=z, t=labels_for(rng, shape[0], shape[1]), grad=nan(shape), loss=loss)
     assert np.isfinite(got["loss"]).all() and np.isfinite(got["grad"]).all()
+
+
+@pytest.mark.parametrize("shape", ROW_SHAPES, ids=str)
+def test_softmax_cross_entropy_counts_the_correct_rows(backend, shape):
+    """With ``correct``: the count of ``count_correct`` on the logits, even when grad overwrites them."""
+    rng = rng_for("xent-count", shape)
+    z, t = logits(rng, shape), labels_for(rng, shape[0], shape[1])
+    t[: shape[0] // 2] = np.argmax(z[: shape[0] // 2], axis=1)  # some hits whatever C is
+    got = check(backend, lambda be, d: be.softmax_cross_entropy(d["z"], d["t"], d["z"], d["loss"],
+                                                                correct=d["hits"]),
+                z=z, t=t, loss=nan(1), hits=np.array([3], np.int32))
+    assert got["hits"][0] == 3 + np.count_nonzero(np.argmax(z, axis=1) == t)
+
+
+@pytest.mark.parametrize("version", OPS["softmax_cross_entropy"].versions)
+@pytest.mark.parametrize("shape", ROW_SHAPES, ids=str)
+def test_softmax_cross_entropy_versions(versioned, version, shape):
+    """Every version, with and without the count, out of place and in place.  ``two_kernels`` logs a
+    probability, so it is held to moderate logits (its limit is the next test)."""
+    rng = rng_for("xent-version", shape)
+    z, t = logits(rng, shape, extreme=version != "two_kernels"), labels_for(rng, shape[0], shape[1])
+    be = versioned("softmax_cross_entropy", version)
+    check(be, lambda be, d: be.softmax_cross_entropy(d["z"], d["t"], d["grad"], d["loss"], True),
+          z=z, t=t, grad=nan(shape), loss=np.array([2.5], np.float32))
+    check(be, lambda be, d: be.softmax_cross_entropy(d["z"], d["t"], d["z"], d["loss"], correct=d["hits"]),
+          z=z, t=t, loss=nan(1), hits=np.zeros(1, np.int32))
+
+
+def test_two_kernels_loss_overflows_where_the_fused_versions_do_not(versioned):
+    """The limit the module docstring states: p[t] underflows to 0 for a logit 1e4 below the max, and
+    -log(0) is infinite on a GPU (the simulator runs Python's math.log, which raises instead)."""
+    z = np.array([[1e4, 0.0, -1e4]], np.float32)
+    t = np.array([2], np.int32)
+    for version in OPS["softmax_cross_entropy"].versions:
+        be = versioned("softmax_cross_entropy", version)
+        d = {"z": be.asarray(z.copy()), "t": be.asarray(t), "grad": be.asarray(nan(z.shape)), "loss": be.asarray(nan(1))}
+        if version == "two_kernels" and be.simulated:
+            with pytest.raises(ValueError, match="math domain error"):
+                be.softmax_cross_entropy(d["z"], d["t"], d["grad"], d["loss"])
+            continue
+        be.softmax_cross_entropy(d["z"], d["t"], d["grad"], d["loss"])
+        loss = be.to_numpy(d["loss"])[0]
+        assert (loss == np.inf) if version == "two_kernels" else loss == np.float32(2e4), (version, loss)
 
 
 def test_softmax_cross_entropy_grad_overwrites_logits(backend):

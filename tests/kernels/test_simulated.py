@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gpunn.backend import NumpyBackend
+from gpunn.backend.ops import OPS
 from gpunn.env import simulator_on
 from gpunn.ptx import kernel_specs
 
@@ -71,6 +72,23 @@ def every_op(be, rng):
     be.adam_update(w, w.copy(), m, v, np.array([1e-3], np.float32), step, weight_decay=0.01, decoupled=True)
     be.dropout(x, np.empty_like(x), 0.3, 7, step)
     be.dropout_backward(x, np.empty_like(x), 0.3, 7, step)
+    versioned = {  # each kernel version of each versioned op, with each argument that changes its launches
+        "gemm": lambda: (be.gemm(x, w, out), be.gemm(x, out, np.empty((7, 3), np.float32), trans_a=True)),
+        "softmax": lambda: be.softmax(out, g),
+        "softmax_cross_entropy": lambda: (be.softmax_cross_entropy(out, t, g, loss),
+                                          be.softmax_cross_entropy(out, t, g, loss, correct=np.zeros(1, np.int32))),
+    }
+    assert set(versioned) == set(versioned_ops())
+    for op, call in versioned.items():
+        for version in OPS[op].versions:
+            be.use_version(op, version)
+            call()
+
+
+def versioned_ops():
+    from gpunn.backend.cuda_backend import versioned_ops
+
+    return versioned_ops()
 
 
 def test_every_launch_matches_a_declared_signature(sim):

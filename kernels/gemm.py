@@ -54,6 +54,7 @@ def stage(tile, src, trans, r, off0, off1, lim0, lim1):
 
 
 SMALL = 16  # the tiled version's tile and block edge
+SMALL_PADDED = SMALL + 1  # a module constant: shared array shapes must be compile-time constants
 
 
 @cuda.jit
@@ -78,8 +79,8 @@ def gemm_naive_kernel(a, b, out, trans_a, trans_b, accumulate):
 @cuda.jit
 def gemm_tiled_kernel(a, b, out, trans_a, trans_b, accumulate):
     """Version 2: 16x16 shared-memory tiles, one output per thread; launch with ``tiled_config``."""
-    a_tile = cuda.shared.array((SMALL, SMALL + 1), float32)
-    b_tile = cuda.shared.array((SMALL, SMALL + 1), float32)
+    a_tile = cuda.shared.array((SMALL, SMALL_PADDED), float32)
+    b_tile = cuda.shared.array((SMALL, SMALL_PADDED), float32)
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     m, n = out.shape
@@ -184,6 +185,6 @@ SIGNATURES = [void(float32[:, ::1], float32[:, ::1], float32[:, ::1], int32, int
 
 KERNELS = (
     KernelSpec("gemm_naive", gemm_naive_kernel, tuple(SIGNATURES), SMALL * SMALL, 0, "gemm"),
-    KernelSpec("gemm_tiled", gemm_tiled_kernel, tuple(SIGNATURES), SMALL * SMALL, 2 * 4 * SMALL * (SMALL + 1), "gemm"),
+    KernelSpec("gemm_tiled", gemm_tiled_kernel, tuple(SIGNATURES), SMALL * SMALL, 2 * 4 * SMALL * SMALL_PADDED, "gemm"),
     KernelSpec("gemm", gemm_kernel, tuple(SIGNATURES), TILE * LANES, 2 * 4 * TILE * PADDED, "gemm"),
 )

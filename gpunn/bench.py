@@ -141,7 +141,7 @@ def _xent(size, rng, _):
     n, c = size
     return {"logits": (3 * rng.standard_normal((n, c))).astype(np.float32),
             "labels": rng.integers(0, c, n).astype(np.int32),
-            "grad": np.zeros((n, c), np.float32), "loss": np.zeros(1, np.float32)}
+            "grad": np.zeros((n, c), np.float32), "loss": np.zeros(1, np.float32), "correct": np.zeros(1, np.int32)}
 
 
 def _bias_act(size, rng, _):
@@ -181,6 +181,7 @@ def _cupy_xent(cp, a, _):
     e = cp.exp(z)
     s = e.sum(axis=1, keepdims=True)
     a["loss"][0] = (cp.log(s[:, 0]) - z[rows, labels]).mean()
+    a["correct"][0] += (x.argmax(axis=1) == labels).sum()
     cp.divide(e, s, out=grad)
     grad[rows, labels] -= 1
     grad *= np.float32(1.0 / n)
@@ -212,7 +213,7 @@ def _cupy_gemm(cp, a, _):
 KERNELS = {k.name: k for k in (
     BenchKernel("softmax", "GB/s", "ROWSxCOLS", ROW_SIZES, SIM_ROW_SIZES, _logits, ("out",), "cupy", _cupy_softmax),
     BenchKernel("softmax_cross_entropy", "GB/s", "ROWSxCOLS", ROW_SIZES, SIM_ROW_SIZES, _xent,
-                ("grad", "loss"), "cupy (unfused)", _cupy_xent),
+                ("grad", "loss", "correct"), "cupy (unfused)", _cupy_xent),
     BenchKernel("bias_act", "GB/s", "ROWSxCOLS", ROW_SIZES, SIM_ROW_SIZES, _bias_act, ("out",), "cupy",
                 _cupy_bias_act, scalars=lambda o: {"act": o["act"]}),
     BenchKernel("sgd_update", "GB/s", "P", ((7840,), (100_000,), (401_408,), (1_000_000,), (4_000_000,),
@@ -230,43 +231,76 @@ KERNELS = {k.name: k for k in (
 
 @dataclass
 class Variant:
-    name: str  # "numpy", "ours", or the built-in's name
+    name: str  # "numpy", a gpunn version's name ("ours" for an op with one kernel), the built-in's, a user's
     device: str
     run: Callable  # (arrays on this variant's device) -> None
     to_device: Callable
     to_host: Callable
     timer_factory: Callable | None  # None: validated but not timed (the simulator)
     sync: Callable = lambda: None  # noqa: E731
+    origin: str | None = None  # a user's version: "FILE.py:NAME", named in its errors
+    kind: str = "gpunn"  # "reference", "gpunn", "built-in" or "user"
 
 
-def variants_for(kernel: BenchKernel, options: dict, wanted=None) -> tuple[list[Variant], str]:
-    """The variants that can run here, and a line saying why any are missing."""
+def _gpunn_versions(kernel, options, make_backend, to_device, to_host, timer):
+    """One variant per kernel version of the op (its record's ``versions``), or "ours" for one kernel."""
+    versions = ops.OPS[kernel.op].versions or (None,)
+    out = []
+    for version in versions:
+        be = make_backend({kernel.op: version} if version else {})
+        out.append(Variant(version or "ours", be.describe(), lambda a, be=be: kernel.run(be, a, options),
+                           to_device, to_host, timer, be.synchronize))
+    return out
+
+
+def _user_variant(kernel, user, options, device, to_device, to_host, timer, sync):
+    call = lambda a: user.fn(*kernel.args(a, options))  # noqa: E731 - the op's arguments, in order
+    return Variant(user.name, device, call, to_device, to_host, timer, sync, user.origin, "user")
+
+
+def variants_for(kernel: BenchKernel, options: dict, wanted=None, user_versions=()) -> tuple[list[Variant], str]:
+    """The variants that can run here (the reference, gpunn's versions, the built-in, the user's),
+    and a line saying why any are missing."""
     out = []
     np_be = NumpyBackend()
     out.append(Variant("numpy", np_be.describe(), lambda a: kernel.run(np_be, a, options), lambda x: x.copy(),
-                       np.asarray, WallClock))
+                       np.asarray, WallClock, kind="reference"))
     note = ""
+    gpu = None
     try:
         from gpunn.backend.cuda_backend import CudaBackend, cuda_unavailable_reason
     except ImportError as exc:
         note = f"only numpy: the GPU packages are not installed ({exc.name or exc})"
     else:
         if simulator_on():
-            be = CudaBackend(gemm="numba")
-            out.append(Variant("ours", be.describe(), lambda a: kernel.run(be, a, options), lambda x: x.copy(),
-                               np.asarray, None))
-            note = "ours runs in the CUDA simulator: validated against the reference, but not timed"
+            gpu = (lambda x: x.copy(), np.asarray, None)
+            out += _gpunn_versions(kernel, options, lambda v: CudaBackend(gemm="numba", versions=v), *gpu)
+            note = "gpunn's versions run in the CUDA simulator: validated against the reference, but not timed"
         elif cuda_unavailable_reason() is None:
             import cupy
 
-            be = CudaBackend(gemm="numba" if kernel.name == "gemm" else "cublas")
-            out.append(Variant("ours", be.describe(), lambda a: kernel.run(be, a, options), cupy.asarray,
-                               cupy.asnumpy, CudaEvents, be.synchronize))
+            gpu = (cupy.asarray, cupy.asnumpy, CudaEvents)
+            out += _gpunn_versions(kernel, options, lambda v: CudaBackend(versions=v), *gpu)
             if kernel.builtin is not None:
+                be = CudaBackend()
                 out.append(Variant(kernel.builtin_name, be.describe(), lambda a: kernel.builtin(cupy, a, options),
-                                   cupy.asarray, cupy.asnumpy, CudaEvents, be.synchronize))
+                                   *gpu, be.synchronize, kind="built-in"))
         else:
             note = f"only numpy: {cuda_unavailable_reason()}"
+    if user_versions:
+        if gpu is None:
+            from gpunn.lab import VersionError
+
+            raise VersionError(f"{user_versions[0].origin}: a version runs on the cuda backend (a GPU, or the CUDA "
+                               f"simulator: NUMBA_ENABLE_CUDASIM=1), and there is none here: {note}")
+        default = ops.OPS[kernel.op].version or "ours"
+        host = next(v for v in out if v.name == default)  # a user's version gets the default backend's arrays
+        for user in user_versions:
+            if user.op != kernel.op:
+                raise GpunnError(f"{user.origin} is a version of {user.op}, not of {kernel.op}")
+            if user.name in {v.name for v in out}:
+                raise GpunnError(f"{user.origin}: {user.name!r} is already a variant's name here; rename the function")
+            out.append(_user_variant(kernel, user, options, host.device.split(";")[0] + ")", *gpu, host.sync))
     if wanted:
         known = [v.name for v in out]
         missing = [w for w in wanted if w not in known]
@@ -275,6 +309,18 @@ def variants_for(kernel: BenchKernel, options: dict, wanted=None) -> tuple[list[
                              + (f"; {note}" if note else ""))
         out = [v for v in out if v.name in wanted]
     return out, note
+
+
+def _run_user_code(variant, what, call):
+    """``call()``; an exception raised by a user's version becomes one line naming it."""
+    if variant.origin is None:
+        return call()
+    try:
+        return call()
+    except Exception as exc:  # the user's code: anything
+        from gpunn.lab import VersionError, _one_line
+
+        raise VersionError(f"{variant.origin} raised while {what}: {_one_line(exc)}") from None
 
 
 # ---------------------------------------------------------------------------- validate, then time
@@ -300,19 +346,22 @@ def mismatches(got, ref, rtol, atol, limit=5) -> tuple[int, list[str]]:
 
 def validate(kernel, variant, size, host, ref, options):
     arrays = {k: variant.to_device(v) for k, v in host.items()}
-    variant.run(arrays)
-    variant.sync()
+    _run_user_code(variant, f"validating {kernel.name} {size_label(size)}", lambda: (variant.run(arrays), variant.sync()))
     for name in kernel.outputs:
         got = variant.to_host(arrays[name])
         count, lines = mismatches(got, ref[name], kernel.rtol, kernel.atol(size))
         if count:
             raise ValidationFailed(
-                f"{kernel.name} {size_label(size)}: {variant.name} differs from the float64 reference in "
+                f"{kernel.name} {size_label(size)}: {variant.origin or variant.name} differs from the float64 reference in "
                 f"{count} of {got.size} elements of {name} (atol {kernel.atol(size):.3g} + rtol {kernel.rtol:g} * |ref|); "
                 "the first:\n" + "\n".join("  " + line for line in lines))
 
 
 def time_variant(variant, host, reps, warmup, budget=1.0) -> float:
+    return _run_user_code(variant, "being timed", lambda: _time(variant, host, reps, warmup, budget))
+
+
+def _time(variant, host, reps, warmup, budget) -> float:
     """Median seconds per call over ``reps`` calls (fewer, but at least 3, past ``budget`` seconds)."""
     arrays = {k: variant.to_device(v) for k, v in host.items()}
     call = lambda: variant.run(arrays)  # noqa: E731
@@ -341,17 +390,34 @@ class BenchResult:
     peak: float | None
     peak_source: str | None
     note: str
+    kinds: dict = None  # variant -> "reference", "gpunn", "built-in", "user"
+    origins: dict = None  # a user's variant -> "FILE.py:NAME"
+    default: str | None = None  # the gpunn version the backend uses
+    dtype: str = "float32"
+    cpu_threads: int | None = None  # the numpy variant's BLAS/OpenMP threads
+
+    def above_peak(self, variant) -> list:
+        """The indices of the sizes where the variant's reading exceeds the peak: a calibration
+        problem (a peak too low, or a timer that missed work), not a result."""
+        if not self.peak:
+            return []
+        return [i for i, y in enumerate(self.values[variant]) if y is not None and y > self.peak]
 
     def as_dict(self):
-        return {"kernel": self.kernel, "metric": self.metric, "sizes": [list(s) for s in self.sizes],
-                "variants": {v: {"device": self.devices[v], "seconds": self.seconds[v], self.metric: self.values[v]}
+        return {"kernel": self.kernel, "metric": self.metric, "dtype": self.dtype, "cpu_threads": self.cpu_threads,
+                "sizes": [list(s) for s in self.sizes], "default_version": self.default,
+                "variants": {v: {"device": self.devices[v], "kind": (self.kinds or {}).get(v),
+                                 "origin": (self.origins or {}).get(v), "seconds": self.seconds[v],
+                                 self.metric: self.values[v],
+                                 "above_peak": [size_label(self.sizes[i]) for i in self.above_peak(v)]}
                              for v in self.variants},
                 "peak": self.peak, "peak_source": self.peak_source, "validated": True, "note": self.note}
 
 
-def bench(kernel: BenchKernel, sizes, options, reps=20, warmup=3, wanted=None, peaks=None, seed=0) -> BenchResult:
+def bench(kernel: BenchKernel, sizes, options, reps=20, warmup=3, wanted=None, peaks=None, seed=0,
+          user_versions=()) -> BenchResult:
     """Validate every variant at every size, then time them; see the module docstring."""
-    variants, note = variants_for(kernel, options, wanted)
+    variants, note = variants_for(kernel, options, wanted, user_versions)
     rng = np.random.default_rng(seed)
     inputs = []
     for size in sizes:
@@ -374,22 +440,51 @@ def bench(kernel: BenchKernel, sizes, options, reps=20, warmup=3, wanted=None, p
         peak = peaks.gflops if kernel.metric == "GFLOP/s" else peaks.gbs
         source = f"{peaks.device}: {peaks.source}"
     return BenchResult(kernel.name, kernel.metric, list(sizes), [v.name for v in variants], seconds, values,
-                       {v.name: v.device for v in variants}, peak, source, note)
+                       {v.name: v.device for v in variants}, peak, source, note,
+                       {v.name: v.kind for v in variants}, {v.name: v.origin for v in variants if v.origin},
+                       ops.OPS[kernel.op].version, cpu_threads=_blas_threads())
+
+
+def _blas_threads() -> int | None:
+    """The threads NumPy's BLAS runs with now (threadpoolctl), for the title and the JSON."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    counts = [i.get("num_threads") for i in threadpool_info() if i.get("user_api") == "blas"]
+    return max(counts) if counts else None
 
 
 # ---------------------------------------------------------------------------- output
 
 
 def format_bench(res: BenchResult) -> str:
-    lines = [f"gpunn bench {res.kernel}: {res.metric} (higher is better)"
+    lines = [f"gpunn bench {res.kernel}: {res.metric} (higher is better), {res.dtype}"
              + (f"; peak {res.peak:,.1f} {res.metric} ({res.peak_source})" if res.peak else "")]
     lines.append("every variant matched the float64 NumPy reference at every size before it was timed")
     if res.note:
         lines.append(res.note)
-    cells = [[size_label(s)] + [("valid, not timed" if res.values[v][i] is None else f"{res.values[v][i]:,.2f}")
-                                for v in res.variants] for i, s in enumerate(res.sizes)]
+    marked = False
+
+    def cell(v, i):
+        nonlocal marked
+        y = res.values[v][i]
+        if y is None:
+            return "valid, not timed"
+        if i in res.above_peak(v):
+            marked = True
+            return f"{y:,.2f} !"
+        return f"{y:,.2f}"
+
+    cells = [[size_label(s)] + [cell(v, i) for v in res.variants] for i, s in enumerate(res.sizes)]
     lines.append(text_table(("size", *res.variants), cells, right=tuple(res.variants)))
-    lines += [f"{v}: {res.devices[v]}" for v in res.variants]
+    if marked:
+        lines.append("! above the peak: a calibration problem (a peak set too low, or a timer that missed work), "
+                     "not a result; --peak-gbs/--peak-gflops or --recalibrate")
+    for v in res.variants:
+        what = {"reference": "the reference", "built-in": "the built-in", "user": f"yours, {(res.origins or {}).get(v)}",
+                "gpunn": "gpunn's version" + (" (the backend's)" if v == res.default else "")}.get((res.kinds or {}).get(v))
+        lines.append(f"{v}: {what + '; ' if what else ''}{res.devices[v]}")
     return "\n".join(lines)
 
 
@@ -405,25 +500,49 @@ def pyplot():
     return plt
 
 
-def plot_png(res: BenchResult) -> bytes:
-    """The results as a PNG: one line per variant over the sizes, the peak as a horizontal line."""
+def plot_title(res: BenchResult) -> str:
+    """The device (the fastest variant's, else the reference's), the dtype and the CPU threads."""
+    timed = [v for v in res.variants if (res.kinds or {}).get(v) != "reference"] or res.variants
+    device = res.devices[timed[0]]
+    threads = f"numpy on {res.cpu_threads} CPU thread{'s' if res.cpu_threads != 1 else ''}" if res.cpu_threads else ""
+    return f"gpunn bench {res.kernel}: {device}\n{res.dtype}" + (f", {threads}" if threads else "")
+
+
+def plot_figure(res: BenchResult):
+    """The results as a matplotlib figure: one line per variant (every gpunn version, the built-in,
+    the user's) over the sizes, the peak as a horizontal line; a reading above the peak is not drawn
+    as a result but marked (a calibration problem).  Variants that were not timed are left out."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     x = np.arange(len(res.sizes))
+    over_x = []
     for v in res.variants:
-        ys = [np.nan if y is None else y for y in res.values[v]]
+        above = set(res.above_peak(v))
+        ys = [np.nan if y is None or i in above else y for i, y in enumerate(res.values[v])]
+        over_x += [x[i] for i in above]
         if not all(np.isnan(ys)):
-            ax.plot(x, ys, marker="o", label=v)
+            label = v + (" (gpunn's default)" if v == res.default else "")
+            ax.plot(x, ys, marker="o", label=label, linestyle="--" if (res.kinds or {}).get(v) == "user" else "-")
     if res.peak:
-        ax.axhline(res.peak, color="k", linestyle="--", linewidth=1, label=f"peak {res.peak:,.0f} {res.metric}")
+        ax.axhline(res.peak, color="k", linestyle=":", linewidth=1.2, label=f"peak {res.peak:,.0f} {res.metric}")
+        if over_x:
+            ax.plot(over_x, [res.peak] * len(over_x), linestyle="none", marker="x", color="red", markersize=10,
+                    label="above the peak: calibration problem")
     ax.set_xticks(x, [size_label(s) for s in res.sizes], rotation=30, ha="right")
     ax.set_xlabel("size")
     ax.set_ylabel(res.metric)
     ax.set_ylim(bottom=0)
-    ax.set_title(f"gpunn bench {res.kernel}")
+    ax.set_title(plot_title(res), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_png(res: BenchResult) -> bytes:
+    """:func:`plot_figure` as PNG bytes."""
+    plt = pyplot()
+    fig = plot_figure(res)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
@@ -453,8 +572,11 @@ def cmd_bench(args):
     peaks = None
     if not sim:
         peaks = peaks_for(_peak_backend(), args.peak_gflops, args.peak_gbs, args.recalibrate)
+    from gpunn.lab import load_version
+
+    user = [load_version(text, kernel.op) for text in args.version or ()]
     try:
-        res = bench(kernel, sizes, options, args.reps, args.warmup, wanted, peaks)
+        res = bench(kernel, sizes, options, args.reps, args.warmup, wanted, peaks, user_versions=user)
     except ValidationFailed as exc:
         print(f"gpunn bench: validation failed, nothing timed: {exc}", file=sys.stderr)
         return 1
@@ -480,7 +602,11 @@ def register_cli(sub):
     p.add_argument("--sizes", metavar="LIST", help="comma-separated sizes: ROWSxCOLS (or COLS) for softmax, "
                    "softmax-cross-entropy and bias-act; P for sgd-update; MxNxK (or N) for gemm (default: a sweep)")
     p.add_argument("--rows", type=positive_int, default=4096, help="rows of the row-wise kernels' sizes (default: 4096)")
-    p.add_argument("--variants", metavar="LIST", help="only these variants (numpy, ours, and the built-in's name)")
+    p.add_argument("--variants", metavar="LIST", help="only these variants (numpy, gpunn's versions or ours, "
+                   "the built-in's name, your versions' names)")
+    p.add_argument("--version", action="append", metavar="FILE.py:NAME",
+                   help="your version of the op: the function NAME in FILE.py, taking the op's arguments in order; "
+                        "validated first like every variant (repeatable; see gpunn.lab)")
     p.add_argument("--act", choices=ops.ACTIVATIONS, default="relu", help="bias-act: the activation (default: relu)")
     p.add_argument("--momentum", type=nonneg_float, default=0.9, help="sgd-update: momentum, Nesterov when > 0 (default: 0.9)")
     p.add_argument("--reps", type=positive_int, default=20, help="timed calls per variant and size; the median is reported (default: 20)")

@@ -84,7 +84,26 @@ def add_backend_options(p):
                    help="array backend (default: $GPUNN_BACKEND, else auto: cuda when a GPU is present, else numpy)")
     p.add_argument("--gemm", choices=GEMM_IMPLEMENTATIONS, default=None,
                    help="cuda backend: GEMM through cuBLAS (default) or gpunn's tiled Numba kernel")
+    p.add_argument("--version", action="append", metavar="OP=VERSION", dest="op_versions",
+                   help="run OP as VERSION: one of gpunn's kernel versions (softmax=online, gemm=tiled, "
+                        "softmax-cross-entropy=classifier) or yours, FILE.py:NAME (see gpunn.lab); repeatable")
     add_threads_option(p)
+
+
+def op_versions(texts) -> dict:
+    """``["softmax=online", "gemm=mine.py:tiled"]`` -> ``{op: version name or a user's function}``."""
+    from gpunn.lab import VersionError, load_version, op_named
+
+    chosen = {}
+    for text in texts or ():
+        word, sep, version = text.partition("=")
+        if not sep or not version:
+            raise VersionError(f"--version {text!r}: expected OP=VERSION (softmax=online, softmax=mine.py:mine)")
+        op = op_named(word.strip())
+        if op in chosen:
+            raise VersionError(f"--version names {word.strip()} twice")
+        chosen[op] = load_version(version, op).fn if ":" in version else version
+    return chosen
 
 
 def add_threads_option(p):
@@ -189,13 +208,18 @@ def make_backend(args):
 
     name = check_backend_name(args.backend)
     gemm = getattr(args, "gemm", None)
+    versions = op_versions(getattr(args, "op_versions", None))
     if gemm:
         chosen, why = auto_choice() if name == "auto" else (name, None)
         if chosen != "cuda":
             raise GpunnError(f"--gemm {gemm} chooses the cuda backend's GEMM, but this run uses the {chosen} "
                              f"backend{f' ({why})' if why else ''}; drop --gemm or use --backend cuda")
-        return get_backend(chosen, gemm=gemm)
-    return get_backend(name)
+        backend = get_backend(chosen, gemm=gemm)
+    else:
+        backend = get_backend(name)
+    for op, version in versions.items():
+        backend.use_version(op, version)  # a kernel version's name on the numpy backend: one line, why not
+    return backend
 
 
 def add_peak_options(p):

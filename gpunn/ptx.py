@@ -50,8 +50,13 @@ class PtxasMissing(RuntimeError):
     """ptxas was not found (install the cu12 extra: ``pip install "numba-cuda[cu12]"``)."""
 
 
-def kernel_specs():
-    """``[(module_name, KernelSpec), ...]`` for every kernel the backend launches."""
+def kernel_specs(source: str | None = None):
+    """``[(module_name, KernelSpec), ...]`` for every kernel the backend launches, or for those the
+    user's file ``source`` declares (its ``KERNELS``: see :func:`gpunn.lab.declared_kernels`)."""
+    if source is not None:
+        from gpunn.lab import declared_kernels
+
+        return [(source, spec) for spec in declared_kernels(source)]
     out = []
     for name in KERNEL_MODULES:
         module = importlib.import_module(f"gpunn.kernels.{name}")
@@ -167,16 +172,16 @@ def parse_ptxas(text: str) -> dict[str, dict]:
     return out
 
 
-def _report_here(archs, ptxas: bool = True) -> list[dict]:
+def _report_here(archs, ptxas: bool = True, source: str | None = None) -> list[dict]:
     path = find_ptxas() if ptxas else None
     records = []
-    for module, spec in kernel_specs():
+    for module, spec in kernel_specs(source):
         for index, signature in enumerate(spec.signatures):
             for arch in archs:
                 ptx = compile_ptx(spec, signature, parse_arch(arch))
                 rec = {
                     "kernel": spec.name,
-                    "module": f"gpunn.kernels.{module}",
+                    "module": module if source else f"gpunn.kernels.{module}",
                     "op": spec.op,
                     "signature": str(signature),
                     "signature_index": index,
@@ -196,8 +201,9 @@ def _report_here(archs, ptxas: bool = True) -> list[dict]:
     return records
 
 
-def kernel_report(archs=DEFAULT_ARCHS, ptxas: bool = True) -> list[dict]:
-    """One record per (kernel, signature, arch); see the module docstring.
+def kernel_report(archs=DEFAULT_ARCHS, ptxas: bool = True, source: str | None = None) -> list[dict]:
+    """One record per (kernel, signature, arch); see the module docstring.  ``source``: a user's
+    Python file, whose declared ``KERNELS`` are compiled instead of gpunn's.
 
     Runs in a subprocess when this process has the CUDA simulator on."""
     archs = [arch_name(a) for a in archs]
@@ -205,14 +211,20 @@ def kernel_report(archs=DEFAULT_ARCHS, ptxas: bool = True) -> list[dict]:
     if problem is not None:
         raise RuntimeError(problem)
     if not simulator_on():
-        return _report_here(archs, ptxas)
+        return _report_here(archs, ptxas, source)
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
     cmd = [sys.executable, "-m", "gpunn.ptx", "--arch", ",".join(archs), "--json"]
     if not ptxas:
         cmd.append("--no-ptxas")
+    if source is not None:
+        cmd += ["--file", os.path.abspath(source)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1].removeprefix("gpunn.ptx: ")
+        if proc.returncode == 2 and source is not None and "ptxas not found" not in proc.stderr:
+            from gpunn.lab import VersionError
+
+            raise VersionError(last.replace(os.path.abspath(source), source))
         raise (PtxasMissing if "ptxas not found" in proc.stderr else RuntimeError)(last)
     return json.loads(proc.stdout)
 
@@ -231,11 +243,21 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default=",".join(DEFAULT_ARCHS), help="comma-separated, e.g. sm_70,sm_80,sm_90")
     parser.add_argument("--json", action="store_true", help="print the records as JSON")
     parser.add_argument("--no-ptxas", action="store_true", help="compile and check PTX only")
+    parser.add_argument("--file", metavar="FILE.py", help="the kernels a user's file declares (KERNELS), not gpunn's")
     args = parser.parse_args(argv)
+    from gpunn.lab import VersionError
+
     try:
-        records = kernel_report(args.arch.split(","), ptxas=not args.no_ptxas)
-    except PtxasMissing as exc:
+        records = kernel_report(args.arch.split(","), ptxas=not args.no_ptxas, source=args.file)
+    except (PtxasMissing, VersionError) as exc:
         print(f"gpunn.ptx: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a user's kernel that does not compile: one line, naming it
+        if args.file is None:
+            raise
+        text = str(exc).strip().splitlines()
+        print(f"gpunn.ptx: {args.file}: a kernel does not compile: {type(exc).__name__}: "
+              f"{text[0] if text else ''}", file=sys.stderr)
         return 2
     print(json.dumps(records, indent=1) if args.json else format_table(records))
     return 0

@@ -98,11 +98,14 @@ def test_plot_is_a_png_or_a_clear_error(tmp_path):
 @pytest.mark.skipif(not simulator_on(), reason="the CUDA simulator is off")
 def test_our_kernels_are_validated_in_the_simulator_but_not_timed():
     pytest.importorskip("numba")
-    for name in ("softmax-cross-entropy", "gemm"):
+    from gpunn.backend.ops import OPS
+
+    for name in ("softmax-cross-entropy", "gemm", "bias-act"):
         kernel = KERNELS[name]
         res = bench(kernel, [parse_size(kernel, TINY[name])], OPTIONS, reps=2, warmup=0)
-        assert res.variants == ["numpy", "ours"] and res.seconds["ours"] == [None]
-        assert "not timed" in res.note
+        ours = list(OPS[kernel.op].versions) or ["ours"]  # every kernel version of the op, or its one kernel
+        assert res.variants == ["numpy", *ours] and all(res.seconds[v] == [None] for v in ours)
+        assert res.default == OPS[kernel.op].version and "not timed" in res.note
 
 
 @pytest.mark.cudasim

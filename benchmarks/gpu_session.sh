@@ -40,6 +40,11 @@ TAIL=30 part gpu-tests 240 python3 -m pytest -m gpu -q -p no:cacheprovider -n 4
 TAIL=40 part benchmark 200 python3 benchmarks/gpu_train_speed.py --epochs 5 --json "$OUT/gpu_train_speed.json"
 part train-default 90 python3 -m gpunn train --backend cuda --metrics-json "$OUT/train_default.json"
 part train-primer 90 python3 examples/seed_network.py --backend cuda --metrics-json "$OUT/train_primer.json"
+# the kernel lab: every version of the three versioned families beside the built-ins (issue 17)
+for op in softmax softmax-cross-entropy gemm; do
+    TAIL=14 part "bench-$op" 90 python3 -m gpunn bench "$op" --reps 20 --version examples/my_softmax.py:naive \
+        --json "$OUT/bench_$op.json" --plot "$OUT/bench_$op.png"
+done
 TAIL=30 part profile 90 python3 -m gpunn profile --backend cuda --reps 50 --json "$OUT/profile_default.json"
 # where a second run's start-up goes (cProfile of the quick start's command, its kernel cache warm by now)
 TAIL=45 part startup-profile 60 python3 -c 'import cProfile, pstats, sys

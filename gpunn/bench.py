@@ -5,12 +5,14 @@ Usage::
     gpunn bench softmax                          # 4096 rows x 10..4096 columns
     gpunn bench gemm --sizes 128x512x784,1024,2048 --plot gemm.png --json gemm.json
     gpunn bench bias-act --act tanh --rows 1024 --sizes 128,512
-    NUMBA_ENABLE_CUDASIM=1 gpunn bench softmax-cross-entropy   # validates our kernel in the simulator
+    NUMBA_ENABLE_CUDASIM=1 gpunn bench softmax-cross-entropy   # validates our kernels in the simulator
+    gpunn bench softmax --version mine.py:mine   # yours beside them (see gpunn.lab)
 
-Variants: ``numpy`` (the reference backend, on the CPU), ``ours`` (gpunn's own
-kernel through the cuda backend: on a GPU, or validated only in the simulator)
-and the built-in where CuPy has one (``cuBLAS`` for GEMM, ``cupyx.scipy.special.softmax``,
-and CuPy array expressions, unfused, for the rest).
+Variants: ``numpy`` (the reference backend, on the CPU), each of gpunn's kernel versions of
+the op (its record's ``versions``; ``ours`` for an op with one kernel) through the cuda
+backend, on a GPU or validated only in the simulator, the built-in where CuPy has one
+(``cuBLAS`` for GEMM, ``cupyx.scipy.special.softmax``, and CuPy array expressions, unfused,
+for the rest) and a user's versions (``--version FILE.py:NAME``).
 
 As llm.c does, every variant is first checked against a float64 run of the NumPy
 reference at every size, *before* anything is timed: a mismatch beyond
@@ -19,7 +21,8 @@ status 1.  Then each variant is timed (median of ``--reps`` calls after warm-up;
 wall clock on the CPU, CUDA events behind a spin kernel on a GPU, as in ``gpunn
 profile``) and reported as GB/s (memory-bound kernels) or GFLOP/s (GEMM), using
 the op set's cost formulas, next to the device's peak.  ``--plot`` draws it
-(matplotlib: ``pip install "gpunn[plot]"``) with the peak as a horizontal line.
+(matplotlib: ``pip install "gpunn[plot]"``) with the peak as a horizontal line; a reading
+above the peak is marked as a calibration problem, not drawn as a result.
 """
 from __future__ import annotations
 
@@ -289,7 +292,7 @@ def variants_for(kernel: BenchKernel, options: dict, wanted=None, user_versions=
             note = f"only numpy: {cuda_unavailable_reason()}"
     if user_versions:
         if gpu is None:
-            from gpunn.lab import VersionError
+            from gpunn.versions import VersionError
 
             raise VersionError(f"{user_versions[0].origin}: a version runs on the cuda backend (a GPU, or the CUDA "
                                f"simulator: NUMBA_ENABLE_CUDASIM=1), and there is none here: {note}")
@@ -318,9 +321,9 @@ def _run_user_code(variant, what, call):
     try:
         return call()
     except Exception as exc:  # the user's code: anything
-        from gpunn.lab import VersionError, _one_line
+        from gpunn.versions import VersionError, one_line
 
-        raise VersionError(f"{variant.origin} raised while {what}: {_one_line(exc)}") from None
+        raise VersionError(f"{variant.origin} raised while {what}: {one_line(exc)}") from None
 
 
 # ---------------------------------------------------------------------------- validate, then time
@@ -572,7 +575,7 @@ def cmd_bench(args):
     peaks = None
     if not sim:
         peaks = peaks_for(_peak_backend(), args.peak_gflops, args.peak_gbs, args.recalibrate)
-    from gpunn.lab import load_version
+    from gpunn.versions import load_version
 
     user = [load_version(text, kernel.op) for text in args.version or ()]
     try:

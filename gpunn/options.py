@@ -92,7 +92,7 @@ def add_backend_options(p):
 
 def op_versions(texts) -> dict:
     """``["softmax=online", "gemm=mine.py:tiled"]`` -> ``{op: version name or a user's function}``."""
-    from gpunn.lab import VersionError, load_version, op_named
+    from gpunn.versions import VersionError, load_version, op_named
 
     chosen = {}
     for text in texts or ():

@@ -54,7 +54,7 @@ def kernel_specs(source: str | None = None):
     """``[(module_name, KernelSpec), ...]`` for every kernel the backend launches, or for those the
     user's file ``source`` declares (its ``KERNELS``: see :func:`gpunn.lab.declared_kernels`)."""
     if source is not None:
-        from gpunn.lab import declared_kernels
+        from gpunn.versions import declared_kernels
 
         return [(source, spec) for spec in declared_kernels(source)]
     out = []
@@ -222,7 +222,7 @@ def kernel_report(archs=DEFAULT_ARCHS, ptxas: bool = True, source: str | None = 
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1].removeprefix("gpunn.ptx: ")
         if proc.returncode == 2 and source is not None and "ptxas not found" not in proc.stderr:
-            from gpunn.lab import VersionError
+            from gpunn.versions import VersionError
 
             raise VersionError(last.replace(os.path.abspath(source), source))
         raise (PtxasMissing if "ptxas not found" in proc.stderr else RuntimeError)(last)
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-ptxas", action="store_true", help="compile and check PTX only")
     parser.add_argument("--file", metavar="FILE.py", help="the kernels a user's file declares (KERNELS), not gpunn's")
     args = parser.parse_args(argv)
-    from gpunn.lab import VersionError
+    from gpunn.versions import VersionError
 
     try:
         records = kernel_report(args.arch.split(","), ptxas=not args.no_ptxas, source=args.file)

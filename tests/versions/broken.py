@@ -1,6 +1,8 @@
 """A version file that does not import (the tests' third case)."""
-import math
 
-from numba import cuda
+
+def mine(x, out):
+    pass
+
 
 raise ImportError("the user's module has a bug on line 6")

@@ -26,6 +26,9 @@ REF = NumpyBackend()
 TOLERANCE = {np.dtype(np.float32): (2e-5, 2e-6), np.dtype(np.int32): (0, 0)}
 
 ROW_SHAPES = [(1, 1), (7, 31), (31, 33), (33, 7), (2, 257), (3, 1100)]
+#: the kernel versions' shapes: one element, rows narrower and wider than a block, and more rows (9)
+#: than the simulated grid has blocks (8)
+VERSION_SHAPES = [(1, 1), (9, 7), (2, 257), (3, 1100)]
 ELEMENTWISE_SHAPES = [(1, 1), (7, 31), (37, 33), (2, 1100)]  # 1,221 elements: several passes of a grid
 
 
@@ -193,7 +196,7 @@ def test_softmax(backend, shape):
 
 
 @pytest.mark.parametrize("version", OPS["softmax"].versions)
-@pytest.mark.parametrize("shape", ROW_SHAPES, ids=str)
+@pytest.mark.parametrize("shape", VERSION_SHAPES, ids=str)
 def test_softmax_versions(versioned, version, shape):
     x = logits(rng_for("softmax", shape), shape)
     be = versioned("softmax", version)
@@ -234,7 +237,7 @@ def test_softmax_cross_entropy(backend, shape, accumulate):
     assert np.isfinite(got["loss"]).all() and np.isfinite(got["grad"]).all()
 
 
-@pytest.mark.parametrize("shape", ROW_SHAPES, ids=str)
+@pytest.mark.parametrize("shape", VERSION_SHAPES, ids=str)
 def test_softmax_cross_entropy_counts_the_correct_rows(backend, shape):
     """With ``correct``: the count of ``count_correct`` on the logits, even when grad overwrites them."""
     rng = rng_for("xent-count", shape)
@@ -247,7 +250,7 @@ def test_softmax_cross_entropy_counts_the_correct_rows(backend, shape):
 
 
 @pytest.mark.parametrize("version", OPS["softmax_cross_entropy"].versions)
-@pytest.mark.parametrize("shape", ROW_SHAPES, ids=str)
+@pytest.mark.parametrize("shape", VERSION_SHAPES, ids=str)
 def test_softmax_cross_entropy_versions(versioned, version, shape):
     """Every version, with and without the count, out of place and in place.  ``two_kernels`` logs a
     probability, so it is held to moderate logits (its limit is the next test)."""

@@ -110,12 +110,12 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     ck = tmp_path / "ck.npz"
     env = {**os.environ, "GPUNN_DATA_DIR": str(mnist_dir()), "PYTHONUNBUFFERED": "1"}
     p = subprocess.Popen([sys.executable, "-m", "gpunn", "train", "--backend", "numpy", "--train-samples", "20000",
-                          "--test-samples", "200", "--hidden", "64", "--epochs", "50", "--batch-size", "32", "--save", str(ck)],
+                          "--test-samples", "200", "--hidden", "64", "--epochs", "50", "--batch-size", "8", "--save", str(ck)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
     while not ck.exists() and time.time() < deadline and p.poll() is None:   # first epoch saved
         time.sleep(0.1)
-    time.sleep(0.3)                                                            # well inside epoch 2
+    time.sleep(0.3)  # well inside epoch 2: 2,500 small steps an epoch, so its end (evaluate, save) is a sliver of it
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err

@@ -36,10 +36,33 @@ def _numba_problem():
     return numba_numpy_problem()
 
 
-def gpunn(*args, sim_on=True):
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1" if sim_on else "0", "GPUNN_LOAD_HINT": "0"}
+def gpunn_process(*args):
+    """``gpunn ARGS`` in a fresh Python with the simulator off (what a machine without one sees)."""
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0", "GPUNN_LOAD_HINT": "0"}
     return subprocess.run([sys.executable, "-m", "gpunn", *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=600)
+
+
+@pytest.fixture
+def gpunn(monkeypatch, capsys):
+    """``gpunn(*args)`` runs ``gpunn ARGS`` in this process (its simulator, from the checkout's root)
+    and returns what a subprocess would: ``returncode``, ``stdout``, ``stderr``. In-process, because
+    a fresh Python per case cost CI ~45 s in each of two tiers."""
+    from gpunn import cli
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("GPUNN_LOAD_HINT", "0")
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's own refusals
+            code = exc.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
 # ---------------------------------------------------------------------------- loading a version
@@ -77,7 +100,8 @@ def test_kernels_are_declared_in_one_way(tmp_path):
 
 
 @pytest.mark.cudasim
-def test_bench_validates_right_versions_beside_gpunns_in_the_simulator(tmp_path):
+@needs_sim
+def test_bench_validates_right_versions_beside_gpunns_in_the_simulator(tmp_path, gpunn):
     pytest.importorskip("numba")
     r = gpunn("bench", "softmax", "--version", f"{RIGHT}:naive", "--version", f"{RIGHT}:block",
               "--json", tmp_path / "b.json")
@@ -91,7 +115,8 @@ def test_bench_validates_right_versions_beside_gpunns_in_the_simulator(tmp_path)
 
 
 @pytest.mark.cudasim
-def test_a_wrong_version_fails_validation_naming_its_file():
+@needs_sim
+def test_a_wrong_version_fails_validation_naming_its_file(gpunn):
     pytest.importorskip("numba")
     r = gpunn("bench", "softmax", "--version", f"{RIGHT}:naive", "--version", f"{WRONG}:wrong")
     assert r.returncode == 1 and r.stdout == ""
@@ -108,7 +133,8 @@ def test_a_wrong_version_fails_validation_naming_its_file():
     (f"{WRONG}:nope", f"{WRONG}: defines no 'nope'"),
 ], ids=["does-not-import", "wrong-arity", "kernel-raises", "no-such-name"])
 @pytest.mark.cudasim
-def test_a_broken_version_is_one_line_naming_the_file_and_version(version, message):
+@needs_sim
+def test_a_broken_version_is_one_line_naming_the_file_and_version(version, message, gpunn):
     pytest.importorskip("numba")
     r = gpunn("bench", "softmax", "--version", version)
     assert r.returncode == 2 and r.stdout == ""
@@ -128,7 +154,7 @@ def test_the_python_api_validates_and_reports():
 
 def test_a_version_without_a_cuda_backend_is_refused_in_one_line():
     """Without the simulator: refused in one line where there is no GPU; validated and timed where there is."""
-    r = gpunn("bench", "softmax", "--version", f"{RIGHT}:naive", "--sizes", "4x9", sim_on=False)
+    r = gpunn_process("bench", "softmax", "--version", f"{RIGHT}:naive", "--sizes", "4x9")
     if r.returncode == 0:  # a machine with a GPU: the version ran, timed
         assert f"naive: yours, {RIGHT}:naive" in r.stdout and "valid, not timed" not in r.stdout
         return
@@ -141,7 +167,7 @@ def test_a_version_without_a_cuda_backend_is_refused_in_one_line():
 
 @pytest.mark.ptx
 @pytest.mark.skipif(_numba_problem() is not None, reason=str(_numba_problem()))
-def test_kernels_reports_a_users_kernels():
+def test_kernels_reports_a_users_kernels(gpunn):
     pytest.importorskip("numba")
     rows = lab.kernels(ROOT / RIGHT, "sm_90")
     assert [r["kernel"] for r in rows] == ["softmax_naive", "softmax_block"]
@@ -161,7 +187,8 @@ def test_kernels_reports_a_users_kernels():
 
 
 @pytest.mark.cudasim
-def test_profile_runs_the_step_with_a_users_version_in_place(tmp_path):
+@needs_sim
+def test_profile_runs_the_step_with_a_users_version_in_place(tmp_path, gpunn):
     pytest.importorskip("numba")
     r = gpunn("profile", "--backend", "cuda", "--hidden", "16", "--batch-size", "8", "--version",
               f"count-correct={COUNT}:mine", "--version", "softmax-cross-entropy=classifier", "--json",

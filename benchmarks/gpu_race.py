@@ -15,7 +15,11 @@ NETS = {
     "small": dict(hidden=(16, 16), activation="sigmoid", output_activation="sigmoid", loss="mse",
                   batch_size=100, lr=6.0, momentum=0.0, nesterov=False, lr_schedule="cosine"),
 }
-CONTESTANTS = ("gpunn", "gpunn_eager", "torch_eager", "torch_graph")
+CONTESTANTS = ("gpunn", "gpunn_eager", "gpunn_fused", "torch_eager", "torch_graph")
+#: gpunn's contestants: (name, CUDA graphs, kernel versions); ``gpunn_fused`` is gpunn with every fusion
+#: that is still behind an option (issue 18), to be made the default once a GPU says it wins
+GPUNN_RUNS = (("gpunn", True, {}), ("gpunn_eager", False, {}),
+              ("gpunn_fused", True, {"softmax_cross_entropy": "classifier"}))
 
 
 class Stopped(BaseException):
@@ -30,8 +34,10 @@ def on_sigterm(signum, frame):
 class GpunnRun:
     """gpunn's Trainer, with CUDA graphs (``gpunn``) or without (``gpunn_eager``)."""
 
-    def __init__(self, name, cfg, data, backend, graphs, notes):
+    def __init__(self, name, cfg, data, backend, graphs, notes, versions=None):
+        from gpunn.backend import get_backend
         from gpunn.train import Trainer
+        from gpunn.profile import step_kernels
 
         def notice(message):
             message = message.removeprefix("gpunn: ")
@@ -39,9 +45,25 @@ class GpunnRun:
             notes.append(f"{name}: {message}")
 
         self.name = name
-        self.trainer = Trainer(cfg, data, backend=backend, graphs=graphs, progress=False,
-                               log=lambda s: None, notice=notice)
-        self.info = {"graphs_requested": graphs, "graphs_on_after_construction": bool(self.trainer.graphs_on)}
+        if versions:
+            if backend != "cuda":
+                raise Unavailable(f"kernel versions are the cuda backend's; this run uses {backend}")
+            backend = get_backend(backend, versions=versions)
+        fused_step = bool(versions)  # the fused contestant: the whole step as narrow_step where the net allows
+        try:
+            self.trainer = Trainer(cfg, data, backend=backend, graphs=graphs, progress=False,
+                                   log=lambda s: None, notice=notice, fused_step=fused_step)
+        except ValueError as exc:
+            if not fused_step:
+                raise
+            fused_step = False
+            notice(f"no --fused-step: {exc}")
+            self.trainer = Trainer(cfg, data, backend=backend, graphs=graphs, progress=False,
+                                   log=lambda s: None, notice=notice)
+        kernels, how = step_kernels(cfg, self.trainer.backend, fused_step)  # a synthetic trainer's: ours untouched
+        self.info = {"graphs_requested": graphs, "graphs_on_after_construction": bool(self.trainer.graphs_on),
+                     "versions": dict(versions or {}), "fused_step": fused_step, "kernels_per_step": None if kernels is None else len(kernels),
+                     "kernels_counted": how, "kernels": None if kernels is None else [k for _, k in kernels]}
         self.test_accuracy = None
 
     def epoch(self, e):
@@ -62,11 +84,14 @@ class GpunnRun:
 
     def describe(self):
         i = self.info
+        kernels = f"; {i['kernels_per_step']} kernels/step" if i.get("kernels_per_step") is not None else ""
+        versions = "".join(f"; {op}: {v}" for op, v in i.get("versions", {}).items())
+        versions += "; --fused-step" if i.get("fused_step") else ""
         if i.get("cuda_graphs"):
-            return "CUDA graphs: on"
+            return f"CUDA graphs: on{kernels}{versions}"
         if "cuda_graphs" in i:
-            return f"CUDA graphs: off ({i.get('graphs_note')})"
-        return ""
+            return f"CUDA graphs: off ({i.get('graphs_note')}){kernels}{versions}"
+        return kernels.removeprefix("; ") + versions
 
 
 def first_weights(cfg, data, trainer=None):
@@ -134,6 +159,7 @@ def run_net(key, data, args, notes, nets):
             failed(r.name, exc)
         if isinstance(r, GpunnRun):
             result["details"][r.name + "_graphs"] = r.info
+            result.setdefault("kernels_per_step", {})[r.name] = r.info["kernels_per_step"]
     for tg in (r for r in runs if isinstance(r, TorchGraph)):
         notes.append(f"{key}/torch_graph: the partial last batch is dropped ({len(tg.batches)} full batches, "
                      f"{tg.dropped} samples not trained per epoch); its 3 warm-up steps were undone before capture")
@@ -155,10 +181,10 @@ def contestants(key, cfg, data, args, notes, result, failed):
     from gpunn.optim import Schedule
 
     runs = []
-    for name, graphs in (("gpunn", True), ("gpunn_eager", False)):
+    for name, graphs, versions in GPUNN_RUNS:
         if name in args.only:
             try:
-                runs.append(GpunnRun(name, cfg, data, args.backend, graphs, notes))
+                runs.append(GpunnRun(name, cfg, data, args.backend, graphs, notes, versions))
             except Exception as exc:
                 failed(name, exc)
     weights = None

@@ -115,6 +115,8 @@ def resume_command(args, path):
             words += ["--" + k.replace("_", "-"), str(v)]
     if getattr(args, "graphs", None) is not None:
         words.append("--graphs" if args.graphs else "--no-graphs")
+    if getattr(args, "fused_step", False):
+        words.append("--fused-step")
     return shlex.join(words)
 
 
@@ -148,7 +150,8 @@ def cmd_train(args):
     if base is not None and meta.get("in_features") not in (None, data.train_x.shape[1]):
         raise GpunnError(f"the images have {data.train_x.shape[1]} pixels, but the checkpoint's model "
                          f"expects {meta['in_features']} ({args.resume})")
-    trainer = Trainer(cfg, data, backend=backend, progress=progress, save_path=args.save, graphs=args.graphs)
+    trainer = Trainer(cfg, data, backend=backend, progress=progress, save_path=args.save, graphs=args.graphs,
+                      fused_step=args.fused_step)
     if args.resume:
         trainer.restore(args.resume)
         print(f"resuming {args.resume} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)

@@ -171,11 +171,19 @@ class Dense(Layer):
         self._x, self._y = x, y
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, bias_grad_done=False):
+        """dx from dy (None for a model's first layer), with dW and db; ``bias_grad_done``: db was
+        already written by whoever made dy (a loss that sums its gradient: see
+        ``Sequential.output_bias_grad``), so only an identity layer's dW and dx are left."""
         self._check_grad(dy, self.out_features)
         be, n = self.backend, dy.shape[0]
         dz = dy
-        if self.activation != "identity":                            # dz = dy * act'(z); db = Σ_rows dz
+        if bias_grad_done:
+            if self.activation != "identity":
+                raise ValueError(f"{self}: its bias gradient is not dy's row sum (the activation comes between)")
+            with be.branch():
+                be.unchecked.gemm(self._x, dz, self.dW, trans_a=True, trans_b=False, accumulate=False)  # dW = xᵀ dz
+        elif self.activation != "identity":                            # dz = dy * act'(z); db = Σ_rows dz
             dz = self._buffer("dz", n, self.out_features)
             be.unchecked.act_bias_backward(self._saved, dy, self.activation, dz, self.db)
             with be.branch():                                        # (may run beside dx; see Backend.branch)
@@ -462,10 +470,23 @@ class Sequential:
             for layer, mode in zip(self.layers, modes):
                 layer.training = mode
 
-    def backward(self, dy):
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+    def backward(self, dy, output_bias_grad_done=False):
+        """The chain rule, last layer first; ``output_bias_grad_done``: the last layer's db was
+        already written (into :meth:`output_bias_grad`, by the loss), so it skips its own."""
+        last = len(self.layers) - 1
+        for i, layer in reversed(list(enumerate(self.layers))):
+            dy = layer.backward(dy, bias_grad_done=True) if output_bias_grad_done and i == last else layer.backward(dy)
         return dy
+
+    def output_bias_grad(self):
+        """The last layer's bias gradient where it is the loss gradient's row sum (a Dense layer with
+        no activation, whose output is the loss's input): a loss that sums its gradient anyway
+        (softmax-cross-entropy's ``bias_grad``) writes it there, and the layer skips a kernel.
+        None otherwise."""
+        last = self.layers[-1]
+        if type(last) is Dense and last.activation == "identity":
+            return last.db
+        return None
 
     def config(self):
         return [layer.config() for layer in self.layers]

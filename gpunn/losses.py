@@ -25,22 +25,38 @@ class Loss:
     def __repr__(self):
         return type(self).__name__ + "()"
 
-    def __call__(self, out, labels, loss, accumulate=False):
+    #: whether the loss's op can also sum its gradient over the rows (the bias gradient of the
+    #: layer that made ``out``: see ``bias_grad`` below)
+    takes_bias_grad = False
+
+    def __call__(self, out, labels, loss, accumulate=False, correct=None, bias_grad=None):
         """Loss of ``out`` (N, C) against int32 ``labels`` (N,) into ``loss[0]``; returns d loss / d out:
-        a view of the loss's own gradient buffer, which the next call overwrites (copy it to keep it)."""
+        a view of the loss's own gradient buffer, which the next call overwrites (copy it to keep it).
+
+        ``correct`` ((1,) int32): also ``+=`` the rows whose argmax is the label (the trainer's
+        accuracy count, in the loss's own kernel where it has one). ``bias_grad`` ((C,), only where
+        ``takes_bias_grad``): also the gradient summed over the rows, the bias gradient of a last
+        layer whose output is ``out`` unchanged (``Dense(..., "identity")``)."""
         be = self.backend
         checks.loss_args(f"{self!r}", out, labels, loss, be, check_labels=self.check_labels)
         n = out.shape[0]
         if n == 0:
             raise ShapeError(f"{self!r}: empty batch (0 rows)")
+        if correct is not None:
+            checks.array(f"{self!r}", "correct", correct, shape=(1,), dtype=checks.int32, backend=be)
+        if bias_grad is not None:
+            if not self.takes_bias_grad:
+                raise ValueError(f"{self!r}: takes no bias_grad (its gradient is not the bias's: the output "
+                                 f"activation comes between)")
+            checks.array(f"{self!r}", "bias_grad", bias_grad, shape=(out.shape[1],), dtype=be.dtype, backend=be)
         if self._grad is None or self._grad.shape[0] < n or self._grad.shape[1] != out.shape[1]:
             self._grad = be.empty(out.shape)
         grad = self._grad[:n]
         # checked above; the gradient buffer is ours: the unchecked implementation
-        self._run(be.unchecked, out, labels, grad, loss, accumulate)
+        self._run(be.unchecked, out, labels, grad, loss, accumulate, correct, bias_grad)
         return grad
 
-    def _run(self, ops, out, labels, grad, loss, accumulate):
+    def _run(self, ops, out, labels, grad, loss, accumulate, correct, bias_grad):
         """The loss's op (``ops`` is the backend's ``unchecked``)."""
         raise NotImplementedError
 
@@ -51,9 +67,10 @@ class SoftmaxCrossEntropy(Loss):
     Takes *logits*: the softmax is fused in, which is both faster and stable."""
 
     name = "cross-entropy"
+    takes_bias_grad = True
 
-    def _run(self, ops, out, labels, grad, loss, accumulate):
-        ops.softmax_cross_entropy(out, labels, grad, loss, accumulate=accumulate)
+    def _run(self, ops, out, labels, grad, loss, accumulate, correct, bias_grad):
+        ops.softmax_cross_entropy(out, labels, grad, loss, accumulate, correct, bias_grad)
 
 
 class MSE(Loss):
@@ -61,7 +78,9 @@ class MSE(Loss):
 
     name = "mse"
 
-    def _run(self, ops, out, labels, grad, loss, accumulate):
+    def _run(self, ops, out, labels, grad, loss, accumulate, correct, bias_grad):
+        if correct is not None:  # on y, before anything else reads it
+            ops.count_correct(out, labels, correct)
         ops.mse(out, labels, grad, loss, accumulate=accumulate)
 
 

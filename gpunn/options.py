@@ -87,6 +87,9 @@ def add_backend_options(p):
     p.add_argument("--version", action="append", metavar="OP=VERSION", dest="op_versions",
                    help="run OP as VERSION: one of gpunn's kernel versions (softmax=online, gemm=tiled, "
                         "softmax-cross-entropy=classifier) or yours, FILE.py:NAME (see gpunn.lab); repeatable")
+    p.add_argument("--fused-step", action="store_true",
+                   help="narrow networks (Dense layers at most 32 wide after the input, SGD, mse or "
+                        "cross-entropy; the primer's): the whole step as one op, two kernels on a GPU")
     add_threads_option(p)
 
 

@@ -60,17 +60,35 @@ MNIST_FEATURES, MNIST_CLASSES = 784, 10
 # ---------------------------------------------------------------------------- one step
 
 
-def synthetic_trainer(cfg, backend, in_features=MNIST_FEATURES, num_classes=MNIST_CLASSES):
-    """A Trainer on one random batch of MNIST's shape: the real step, no data files."""
+def synthetic_trainer(cfg, backend, in_features=MNIST_FEATURES, num_classes=MNIST_CLASSES, fused_step=False,
+                      batches=1):
+    """A Trainer on ``batches`` random batches of MNIST's shape (its epoch's order: the rows in
+    order; its cursor at the start): the real step, no data files."""
     from gpunn.data import Dataset
     from gpunn.train import Trainer
 
     rng = np.random.default_rng(cfg.seed)
-    n = cfg.batch_size
+    n = cfg.batch_size * batches
     x = rng.random((n, in_features), dtype=np.float32)
     y = rng.integers(0, num_classes, n).astype(np.int32)
     data = Dataset(x, y, x[:1], y[:1], num_classes, name="synthetic")
-    return Trainer(cfg, data, backend=backend, progress=False, log=lambda *a: None, graphs=False)  # times its own graph
+    trainer = Trainer(cfg, data, backend=backend, progress=False, log=lambda *a: None, graphs=False,  # times its own graph
+                      fused_step=fused_step)
+    trainer.loop.start_epoch(np.arange(n), np.full(trainer.steps_per_epoch + 1, cfg.lr, np.float32), 0)
+    return trainer
+
+
+def whole_step(trainer):
+    """The trainer's whole step of one batch from device state (``Trainer.device_step``), the
+    cursor put back at the start first: on the synthetic one-batch data set, every call trains
+    the same batch."""
+    be, loop, n = trainer.backend, trainer.loop, trainer.cfg.batch_size
+
+    def step():
+        be.upload(np.array([0, 0], np.int32), loop.cursor)
+        trainer.device_step(n)
+
+    return step
 
 
 @dataclass
@@ -92,6 +110,9 @@ class StepProfile:
     #: seconds per step when the step is one CUDA graph replayed back to back (None: no graphs here)
     graph_step_seconds: float | None = None
     graph_note: str | None = None  # why there is no graph time
+    #: every kernel a whole training step launches on the cuda path, [(op, kernel)] (see step_kernels)
+    step_kernels: list | None = None
+    step_kernels_how: str = ""
 
     def rows(self, sort: str = "step") -> list[dict]:
         return summarize(self.steps, self.peaks, self.meaningful, sort)
@@ -109,16 +130,26 @@ class StepProfile:
             "step_seconds_uninstrumented": statistics.median(self.step_seconds) if self.step_seconds else None,
             "step_seconds_graph": self.graph_step_seconds,
             "graph_note": self.graph_note,
+            "kernels_per_step": None if self.step_kernels is None else len(self.step_kernels),
+            "kernels_per_step_counted": self.step_kernels_how,
+            "step_kernels": None if self.step_kernels is None else [{"op": op, "kernel": k}
+                                                                     for op, k in self.step_kernels],
             "launches": [{"op": c.op, "kernel": k, "grid": jsonable(g), "block": jsonable(b)}
                          for c in self.steps[0] for k, g, b in c.launches],
         }
 
 
-def profile_step(cfg, backend, reps: int = 20, warmup: int = 3, peaks: Peaks | None = None) -> StepProfile:
-    """Profile ``Trainer.train_step`` for ``cfg`` on ``backend`` (see the module docstring)."""
-    trainer = synthetic_trainer(cfg, backend)
+def profile_step(cfg, backend, reps: int = 20, warmup: int = 3, peaks: Peaks | None = None,
+                 fused_step: bool = False) -> StepProfile:
+    """Profile ``Trainer.train_step`` for ``cfg`` on ``backend`` (see the module docstring); with
+    ``fused_step``, the whole step as the one op ``narrow_step``."""
+    # the fused step reads its batch at the cursor: enough batches for the graph's replays (time_graph_step)
+    trainer = synthetic_trainer(cfg, backend, fused_step=fused_step, batches=reps + 4 if fused_step else 1)
     lr = cfg.lr
-    step = functools.partial(trainer.train_step, trainer.train_x, trainer.train_y, lr)
+    if fused_step:
+        step = whole_step(trainer)
+    else:
+        step = functools.partial(trainer.train_step, trainer.train_x, trainer.train_y, lr)
     timer = make_timer(backend)
     if not timer.meaningful:
         reps, warmup = 1, 0
@@ -146,9 +177,37 @@ def profile_step(cfg, backend, reps: int = 20, warmup: int = 3, peaks: Peaks | N
         raise RuntimeError(f"kernels launched outside any op: {rec.stray_launches[:3]}")
     if not timer.meaningful:
         graph_seconds, graph_note = None, "the simulator's times mean nothing"
+    kernels, kernels_how = step_kernels(cfg, backend, fused_step)
     return StepProfile(backend.name, backend.describe(), repr(trainer.model), cfg.batch_size, cfg.as_dict(),
                        timer.method, timer.meaningful, reps, warmup, steps, step_seconds, peaks,
-                       graph_seconds, graph_note)
+                       graph_seconds, graph_note, kernels, kernels_how)
+
+
+def step_kernels(cfg, backend, fused_step=False) -> tuple[list | None, str]:
+    """``(launches, how)``: every kernel one training step of ``cfg`` launches on the cuda path (the
+    batch's gather, forward, loss, backward, update and the cursor's advance; each cuBLAS GEMM as
+    one), as ``[(op, kernel), ...]`` in order, and how they were counted.
+
+    On the cuda backend (a GPU, or the simulator) one step runs and its launches are recorded.  On
+    any other backend the cuda backend's own plans run dry (``CudaBackend(dry=True)``: NumPy
+    arrays, nothing launched), so the count is the GPU's on any machine.  A user's version's own
+    launches are not gpunn's to see.  ``(None, why)`` where the kernels cannot be imported."""
+    if backend.name == "cuda":
+        how = "recorded from one step" + (" in the simulator" if backend.simulated else " on the GPU")
+    else:
+        try:
+            from gpunn.backend.cuda_backend import CudaBackend
+        except ImportError as exc:
+            return None, f"not counted: the cuda path's kernels need Numba ({exc.name or exc}); pip install 'gpunn[sim]'"
+        backend = CudaBackend(dry=True)
+        how = "planned: the cuda backend's default path run dry (nothing launched)"
+    step = whole_step(synthetic_trainer(cfg, backend, fused_step=fused_step))
+    with OpRecorder(backend, None) as rec:
+        step()
+        calls = rec.take()
+    if rec.stray_launches:
+        raise RuntimeError(f"kernels launched outside any op: {rec.stray_launches[:3]}")
+    return [(c.op, k) for c in calls for k, _, _ in c.launches], how
 
 
 def time_graph_step(trainer, reps: int):
@@ -156,8 +215,13 @@ def time_graph_step(trainer, reps: int):
     ``reps`` times back to back (as training replays it), or ``(None, why not)``."""
     be = trainer.backend
     be.upload(np.array([trainer.cfg.lr], dtype=be.dtype), trainer.device_rate)  # the graph reads its rate on the device
+    if trainer.fused_step:  # the whole step, which moves the cursor on one batch per replay (3 + reps of them)
+        be.upload(np.array([0, 0], np.int32), trainer.loop.cursor)
+        step = functools.partial(trainer.device_step, trainer.cfg.batch_size)
+    else:
+        step = functools.partial(trainer.train_step, trainer.train_x, trainer.train_y, trainer.device_rate)
     try:
-        graph = be.capture(lambda: trainer.train_step(trainer.train_x, trainer.train_y, trainer.device_rate))
+        graph = be.capture(step)
     except Exception as exc:  # no graphs on this backend, or a refused capture
         return None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     for _ in range(3):
@@ -178,7 +242,7 @@ def cmd_profile(args):
     cfg = train_config(args)
     backend = make_backend(args)
     peaks = peaks_for(backend, args.peak_gflops, args.peak_gbs, args.recalibrate)
-    prof = profile_step(cfg, backend, reps=args.reps, warmup=args.warmup, peaks=peaks)
+    prof = profile_step(cfg, backend, reps=args.reps, warmup=args.warmup, peaks=peaks, fused_step=args.fused_step)
     print(format_profile(prof, args.sort))
     if args.json:
         write_json(args.json, prof.as_dict(args.sort))

@@ -125,6 +125,11 @@ def _profile_cells(i, r):
 def format_profile(prof, sort="step") -> str:
     rows = prof.rows(sort)
     lines = [f"gpunn profile: one training step of {prof.model}, batch {prof.batch}, on {prof.device}"]
+    if getattr(prof, "step_kernels", None) is not None:
+        lines.append(f"kernels per step on the cuda path: {len(prof.step_kernels)}, with the batch's gather and the "
+                     f"cursor's advance ({prof.step_kernels_how})")
+    elif getattr(prof, "step_kernels_how", ""):
+        lines.append(f"kernels per step: {prof.step_kernels_how}")
     if not prof.meaningful:
         lines.append("times are not meaningful in the CUDA simulator (kernels run as Python threads on the CPU): "
                      "this is the launch trace of one step, with each op's cost")
@@ -164,10 +169,13 @@ def _launch_table(calls) -> str:
     cells = []
     for i, c in enumerate(calls, 1):
         for k, grid, block in c.launches:
+            if grid is None:  # a library call (cuBLAS): its launch configuration is its own
+                cells.append([str(i), c.op, k, "-", "-", "-"])
+                continue
             threads = int(np.prod(grid)) * int(np.prod(block))
             cells.append([str(i), c.op, k, str(jsonable(grid)), str(jsonable(block)), f"{threads:,}"])
         if not c.launches:
-            cells.append([str(i), c.op, "(library GEMM, no gpunn kernel)", "-", "-", "-"])
+            cells.append([str(i), c.op, "(launches of its own: a version of yours?)", "-", "-", "-"])
     return text_table(("op #", "op", "kernel", "grid", "block", "threads"), cells, right=("op #", "threads"))
 
 

@@ -40,7 +40,7 @@ from gpunn.data import batch_slices, epoch_permutation
 from gpunn.errors import CheckpointError, DataError, TrainingDiverged
 from gpunn.instrument import annotate_nvtx
 from gpunn.layers import OUTPUT_ACTIVATIONS, mlp
-from gpunn.loop import DeviceLoop, GraphedStep, global_step, graph_setting
+from gpunn.loop import DeviceLoop, GraphedStep, NarrowStep, global_step, graph_setting
 from gpunn.losses import LOSSES, get_loss
 from gpunn.optim import OPTIMIZERS, Schedule, make_optimizer
 
@@ -226,6 +226,9 @@ class Trainer:
     #: an optimizer of your own over ``model``'s parameters (else cfg's, over them); the schedule
     #: then scales its rate
     optimizer: object = None
+    #: the whole step as the one op ``narrow_step`` (two kernels on a GPU): for narrow networks (every
+    #: layer after the input at most 32 wide, Dense layers, SGD); ValueError says why not otherwise
+    fused_step: bool = False
     epoch: int = 0  # epochs completed
     step: int = 0  # steps completed within the current epoch
     history: list = field(default_factory=list)
@@ -252,6 +255,9 @@ class Trainer:
                 raise ValueError("Trainer: the optimizer must be over the model's parameters (model.parameters()), "
                                  "on the trainer's backend")
             self.cfg = cfg = dataclasses.replace(cfg, optimizer=self.optimizer.name, lr=self.optimizer.lr)
+        # the last layer's db, when the loss writes it (see Sequential.output_bias_grad)
+        head = getattr(self.model, "output_bias_grad", None)
+        self._loss_bias_grad = head() if head is not None and self.loss_fn.takes_bias_grad else None
         annotate_nvtx(self.model, self.optimizer)  # NVTX ranges for Nsight Systems on a GPU; no-op on the CPU
         # the data set goes to the device once
         self.train_x, self.train_y = be.asarray(d.train_x), be.asarray(d.train_y, np.int32)
@@ -264,7 +270,12 @@ class Trainer:
         # the loop's state on the device, and its step as a CUDA graph (see gpunn.loop)
         self.loop = DeviceLoop(be, self.train_x, self.train_y, cfg.batch_size, self.steps_per_epoch)
         on, note = graph_setting(be, self.graphs, self._say)
-        self.graphed = GraphedStep(be, lambda m: self.loop.step(m, self.train_step), on, note, self._say)
+        if self.fused_step:
+            step = NarrowStep(self.loop, self.model, self.optimizer, cfg.loss)
+        else:
+            step = lambda m: self.loop.step(m, self.train_step)  # noqa: E731
+        self.device_step = step  # one whole step of m rows from device state (what a graph captures)
+        self.graphed = GraphedStep(be, step, on, note, self._say)
         self.first_step_time = None  # time.time() when the run's first step had been queued
         self._stop_requested = False
         self._epoch_progress = (0.0, 0)  # (seconds, samples) of the current epoch before a stop
@@ -324,10 +335,14 @@ class Trainer:
     def train_step(self, xb, yb, lr):
         """One step: forward, loss and its gradient, backward (chain rule), SGD update."""
         out = self.model.forward(xb)
-        grad = self.loss_fn(out, yb, self.loop.loss_sum, accumulate=True)
-        with self.backend.branch():  # beside the backward pass (see Backend.branch)
-            self.backend.unchecked.count_correct(out, yb, self.loop.correct)  # shapes known: the loss checked them
-        self.model.backward(grad)
+        # the accuracy count, and the last layer's bias gradient where the loss can sum it, in the
+        # loss's own launches (one kernel for all of it with softmax-cross-entropy's classifier version)
+        db = self._loss_bias_grad
+        grad = self.loss_fn(out, yb, self.loop.loss_sum, accumulate=True, correct=self.loop.correct, bias_grad=db)
+        if db is None:
+            self.model.backward(grad)
+        else:
+            self.model.backward(grad, output_bias_grad_done=True)
         self.optimizer.step(lr)  # (after every branch: it joins them)
 
     def _check_finite(self, loss_sum, lr):
@@ -479,6 +494,7 @@ class Trainer:
             "device": self.backend.describe(),
             "cuda_graphs": self.graphs_used,
             "cuda_graphs_note": self.graphs_note,
+            "fused_step": self.fused_step,
             "first_step_unix_time": self.first_step_time,
             "train_seconds": train_seconds,
             "epochs": [dataclasses.asdict(h) for h in self.history],

@@ -22,13 +22,15 @@ count_correct          argmax == label count
 gemm                   shared-memory tiled GEMM
 batch                  the training loop's state on the device: gather the batch, advance the step
 reduce                 block reductions and the final loss reduction shared by the row kernels
+narrow_mlp             a narrow MLP's whole training step (the primer's network) in two kernels
 
 random                 (not a family) Philox-2x32: the counter-based generator dropout's mask comes from
+narrow_limits          (not a family) the narrow step's limits, without Numba (the op's record reads them)
 update_rules           (not a family) optimizer rules per element, compiled by the kernels and the CPU loops
 simulator              (not a family) a lock that Numba's CUDA simulator lacks: see its docstring
 """
 
 #: Every family module, by name: what the cuda backend launches from and the PTX checks compile.
 FAMILIES = ("bias_act", "act_backward", "bias_grad", "softmax", "softmax_cross_entropy", "mse", "sgd", "adam",
-            "dropout", "count_correct", "gemm", "batch", "reduce")
+            "dropout", "count_correct", "gemm", "batch", "reduce", "narrow_mlp")
 

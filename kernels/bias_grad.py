@@ -14,6 +14,7 @@ stage 2 is skipped.  No atomics anywhere: the order of additions depends only on
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import cuda, float32, int32, int64, void
 
 from .act_backward import act_grad
@@ -120,6 +121,26 @@ def launch_config(n: int, d: int, max_blocks: int | None = None):
     stage1 = (clamp_grid(cdiv(d, TILE_COLS), max_blocks), chunks), (TILE_COLS, ROW_LANES)
     stage2 = elementwise_config(d, ELEMENTWISE_THREADS, max_blocks) if chunks > 1 else None
     return stage1, stage2, (chunks, rows_per_chunk)
+
+
+def launches(ctx, first, dz, out):
+    """Stage 1 (``first``: its name, kernel and leading arguments) and, with more than one chunk of
+    rows, stage 2 of ``out (D,) = dz (N,D) summed over rows``: the launches of ``bias_grad`` and
+    ``act_bias_backward`` (and of a loss that computes its layer's bias gradient).  ``ctx``: the
+    backend (``max_blocks``, ``workspace``)."""
+    n, d = dz.shape
+    stage1, stage2, (chunks, rows_per_chunk) = launch_config(n, d, ctx.max_blocks)
+    partial = out.reshape(1, d) if chunks == 1 else ctx.workspace("bias_grad", (chunks, d))
+    name, kernel, args = first
+    found = [(name, kernel, *stage1, (*args, partial, np.int64(rows_per_chunk)))]
+    if stage2 is not None:
+        found.append(("bias_grad_sum", bias_grad_sum_kernel, *stage2, (partial, out)))
+    return found
+
+
+def bias_grad_launches(ctx, dz, out):
+    """``bias_grad``'s launches: the column sum of ``dz`` into ``out``."""
+    return launches(ctx, ("bias_grad_partial", bias_grad_partial_kernel, (dz,)), dz, out)
 
 
 SIGNATURES_PARTIAL = [void(float32[:, ::1], float32[:, ::1], int64)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import cuda, float32, int32, void
 
 from .launch import F0, NEG_INF, ONE, ROW_THREADS, KernelSpec, check_pow2_threads
@@ -103,14 +104,11 @@ def block_reduce_online(shm, shs, m, s):
     return m, s
 
 
-@cuda.jit
-def finish_loss_kernel(row_loss, loss, divisor, accumulate):
-    """``loss[0] = sum(row_loss) / divisor`` (``+=`` if accumulate), by ONE block.
-
-    The last step of softmax_cross_entropy and mse: each thread sums a fixed,
-    strided subset of the per-row losses, then the block tree adds the partial sums,
-    so the result does not depend on timing.  Launch with ``finish_config()``."""
-    sh = cuda.shared.array(ROW_THREADS, float32)
+@cuda.jit(device=True)
+def finish_block(sh, row_loss, loss, divisor, accumulate):
+    """``loss[0] = sum(row_loss) / divisor`` (``+=`` if accumulate), by the one block that calls it:
+    each thread sums a fixed, strided subset of the per-row losses, then the block tree adds the
+    partial sums, so the result does not depend on timing."""
     acc = F0
     for i in range(cuda.threadIdx.x, row_loss.shape[0], cuda.blockDim.x):
         acc += row_loss[i]
@@ -122,14 +120,66 @@ def finish_loss_kernel(row_loss, loss, divisor, accumulate):
         loss[0] = value
 
 
+@cuda.jit
+def finish_loss_kernel(row_loss, loss, divisor, accumulate):
+    """``loss[0] = sum(row_loss) / divisor`` (``+=`` if accumulate), by ONE block: the last step
+    of softmax_cross_entropy and mse.  Launch with ``finish_config()``."""
+    sh = cuda.shared.array(ROW_THREADS, float32)
+    finish_block(sh, row_loss, loss, divisor, accumulate)
+
+
+@cuda.jit
+def finish_loss_colsum_kernel(row_loss, loss, divisor, accumulate, x, colsum):
+    """``finish_loss_kernel``'s loss by block 0 and, beside it, ``colsum[j] = sum of x[:, j]`` by the
+    other blocks, one column per block at a time (threads strided over the rows, then the block
+    tree: a fixed order, no atomics).  The classifier's gradient summed over the batch is the last
+    layer's bias gradient: the loss reduction and the bias gradient in one launch instead of two
+    or three.  Launch with ``finish_colsum_config``."""
+    sh = cuda.shared.array(ROW_THREADS, float32)
+    if cuda.blockIdx.x == 0:
+        finish_block(sh, row_loss, loss, divisor, accumulate)
+        return
+    for j in range(cuda.blockIdx.x - 1, x.shape[1], cuda.gridDim.x - 1):
+        acc = F0
+        for r in range(cuda.threadIdx.x, x.shape[0], cuda.blockDim.x):
+            acc += x[r, j]
+        total = block_reduce(sh, acc, SUM)
+        if cuda.threadIdx.x == 0:
+            colsum[j] = total
+
+
 def finish_config(max_threads: int = ROW_THREADS):
     """(grid, block) of ``finish_loss_kernel``: one block, always."""
     return 1, check_pow2_threads(max_threads)
 
 
+def finish_colsum_config(columns: int, max_threads: int = ROW_THREADS, max_blocks: int | None = None):
+    """(grid, block) of ``finish_loss_colsum_kernel``: block 0 for the loss, then a block per column
+    (at least one, at most what ``max_blocks`` leaves; they loop over the rest)."""
+    cap = max(1, (max_blocks or 65535) - 1)
+    return 1 + max(1, min(columns, cap)), check_pow2_threads(max_threads)
+
+
+def finish_launch(max_threads, row_loss, loss, divisor, accumulate):
+    """The launch ``(name, kernel, grid, block, args)`` of ``loss[0] (+)= sum(row_loss) / divisor``:
+    every loss's last step (mse, and each softmax_cross_entropy version's)."""
+    return ("finish_loss", finish_loss_kernel, *finish_config(max_threads),
+            (row_loss, loss, np.float32(divisor), np.int32(accumulate)))
+
+
+def finish_colsum_launch(max_threads, max_blocks, row_loss, loss, divisor, accumulate, x, colsum):
+    """The launch of ``finish_loss_colsum_kernel``: the loss as ``finish_launch``'s, and ``colsum = x.sum(0)``."""
+    return ("finish_loss_colsum", finish_loss_colsum_kernel,
+            *finish_colsum_config(x.shape[1], max_threads, max_blocks),
+            (row_loss, loss, np.float32(divisor), np.int32(accumulate), x, colsum))
+
+
 SIGNATURES = [void(float32[::1], float32[::1], float32, int32)]
+SIGNATURES_COLSUM = [void(float32[::1], float32[::1], float32, int32, float32[:, ::1], float32[::1])]
 
 KERNELS = (
     KernelSpec("finish_loss", finish_loss_kernel, tuple(SIGNATURES), ROW_THREADS, 4 * ROW_THREADS,
                "softmax_cross_entropy, mse"),
+    KernelSpec("finish_loss_colsum", finish_loss_colsum_kernel, tuple(SIGNATURES_COLSUM), ROW_THREADS,
+               4 * ROW_THREADS, "softmax_cross_entropy"),
 )

@@ -4,8 +4,10 @@ Per row of logits z (N,C) with label t: ``m = max(z)``, ``s = sum(exp(z - m))``;
 loss is ``log(s) - (z[t] - m)`` and ``grad = (exp(z - m)/s - onehot(t)) / N``; with a
 ``correct`` counter, ``correct[0] += (argmax(z) == t)``.  grad may be the logits buffer itself.
 The per-row losses go to a workspace; ``reduce.finish_loss_kernel`` (one block, fixed order)
-turns them into ``loss[0] = mean`` (``+=`` with accumulate).  No float atomics: bit-identical
-results run to run (the count is an integer atomic: exact in any order).
+turns them into ``loss[0] = mean`` (``+=`` with accumulate).  With ``bias_grad`` (D,), the op
+also writes ``grad`` summed over the rows: the bias gradient of the layer that made the logits,
+so the trainer's last layer skips its own.  No float atomics: bit-identical results run to run
+(the count is an integer atomic: exact in any order).
 
 The versions (:data:`VERSIONS`, in the order of the op's record):
 
@@ -21,7 +23,10 @@ The versions (:data:`VERSIONS`, in the order of the op's record):
 3. ``classifier`` (llm.c's ``fused_classifier``): one pass computes the max, the sum (online)
    and the argmax together, a second writes the gradient: 2 reads of the row instead of 3, one
    reduction instead of two, and the correct count in the same kernel: training's loss, accuracy
-   and gradient are 2 launches (with the loss reduction) instead of 3 or 4.
+   and gradient are 2 launches (with the loss reduction) instead of 3 or 4.  Its loss reduction
+   also sums the bias gradient (``reduce.finish_loss_colsum_kernel``), where versions 1 and 2
+   launch ``bias_grad``'s kernels after theirs: loss, count, logits' and bias's gradients in 2
+   launches instead of 4 or 5.
 """
 from __future__ import annotations
 
@@ -34,7 +39,8 @@ from .count_correct import count_correct_kernel
 from .count_correct import launch_config as count_config
 from .launch import (ELEMENTWISE_THREADS, F0, NEG_INF, ONE, ROW_THREADS, KernelSpec, Version, elementwise_config,
                      row_config)
-from .reduce import finish_config, finish_loss_kernel, online_merge
+from .bias_grad import bias_grad_launches
+from .reduce import finish_colsum_launch, finish_launch, online_merge
 from .softmax import launch_config as softmax_config
 from .softmax import row_max_sumexp, softmax_forward_kernel
 
@@ -127,16 +133,11 @@ def classifier_kernel(logits, labels, grad, row_loss, inv_n, correct, count):
 
 
 def launch_config(n: int, c: int, max_threads: int = ROW_THREADS, max_blocks: int | None = None):
-    """(grid, block) of the row kernels; the loss reduction uses ``reduce.finish_config``."""
+    """(grid, block) of the row kernels; the loss reduction uses ``reduce.finish_launch``."""
     return row_config(n, c, max_threads, max_blocks)
 
 
 # ---------------------------------------------------------------------------- the versions' launches
-
-def _finish(ctx, row_loss, loss, n, accumulate):
-    return ("finish_loss", finish_loss_kernel, *finish_config(ctx.threads),
-            (row_loss, loss, np.float32(n), np.int32(accumulate)))
-
 
 def _count(ctx, logits, labels, correct):
     """The separate count of versions 1 and 2, queued first: their gradient may overwrite the logits."""
@@ -146,7 +147,15 @@ def _count(ctx, logits, labels, correct):
              (logits, labels, correct))]
 
 
-def _plan_two_kernels(ctx, logits, labels, grad, loss, accumulate, correct):
+def _finish(ctx, row_loss, loss, n, accumulate, grad, bias_grad):
+    """The loss reduction, then (with ``bias_grad``) the bias gradient's own column sum of grad."""
+    found = [finish_launch(ctx.threads, row_loss, loss, n, accumulate)]
+    if bias_grad is not None:
+        found += bias_grad_launches(ctx, grad, bias_grad)
+    return found
+
+
+def _plan_two_kernels(ctx, logits, labels, grad, loss, accumulate, correct, bias_grad):
     n, c = logits.shape
     row_loss = ctx.workspace("row_loss", (n,))
     return [*_count(ctx, logits, labels, correct),
@@ -155,25 +164,28 @@ def _plan_two_kernels(ctx, logits, labels, grad, loss, accumulate, correct):
             ("xent_from_probs", xent_from_probs_kernel,
              *elementwise_config(n * c, ctx.elementwise_threads, ctx.max_blocks),
              (grad, labels, grad, row_loss, np.float32(1.0 / n))),
-            _finish(ctx, row_loss, loss, n, accumulate)]
+            *_finish(ctx, row_loss, loss, n, accumulate, grad, bias_grad)]
 
 
-def _plan_fused(ctx, logits, labels, grad, loss, accumulate, correct):
+def _plan_fused(ctx, logits, labels, grad, loss, accumulate, correct, bias_grad):
     n, c = logits.shape
     row_loss = ctx.workspace("row_loss", (n,))
     return [*_count(ctx, logits, labels, correct),
             ("softmax_cross_entropy", softmax_cross_entropy_kernel, *launch_config(n, c, ctx.threads, ctx.max_blocks),
              (logits, labels, grad, row_loss, np.float32(1.0 / n))),
-            _finish(ctx, row_loss, loss, n, accumulate)]
+            *_finish(ctx, row_loss, loss, n, accumulate, grad, bias_grad)]
 
 
-def _plan_classifier(ctx, logits, labels, grad, loss, accumulate, correct):
+def _plan_classifier(ctx, logits, labels, grad, loss, accumulate, correct, bias_grad):
+    """The classifier kernel, then one launch for the loss (and, beside it, the bias gradient)."""
     n, c = logits.shape
     row_loss = ctx.workspace("row_loss", (n,))
     counter = ctx.workspace("no_count", (1,), np.int32) if correct is None else correct
+    finish = (finish_launch(ctx.threads, row_loss, loss, n, accumulate) if bias_grad is None else
+              finish_colsum_launch(ctx.threads, ctx.max_blocks, row_loss, loss, n, accumulate, grad, bias_grad))
     return [("classifier", classifier_kernel, *launch_config(n, c, ctx.threads, ctx.max_blocks),
              (logits, labels, grad, row_loss, np.float32(1.0 / n), counter, np.int32(correct is not None))),
-            _finish(ctx, row_loss, loss, n, accumulate)]
+            finish]
 
 
 #: The versions of this family's op, in the order of its record.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import backend_params, make_backend
+from gpunn.backend.ops import OPS
 from gpunn.train import TrainConfig, Trainer
 from mnist_data import needs_mnist
 from test_train import toy_data
@@ -42,6 +43,47 @@ def test_sgd_steps_match_the_numpy_backend(cuda_name, net):
         np.testing.assert_allclose(be.to_numpy(b), a, rtol=1e-4, atol=1e-5, err_msg=f"parameter {i}")
     assert float(be.to_numpy(dut.loop.loss_sum)[0]) == pytest.approx(float(ref.loop.loss_sum[0]), rel=1e-5)
     assert int(be.to_numpy(dut.loop.correct)[0]) == int(ref.loop.correct[0])
+
+
+@pytest.mark.parametrize("version", [v for v in OPS["softmax_cross_entropy"].versions if v != "fused"])
+@pytest.mark.parametrize("cuda_name", CUDA_PARAMS)
+def test_each_loss_version_trains_like_the_reference(cuda_name, version):
+    """The step with another softmax-cross-entropy version (the classifier's loss, count and both
+    gradients in 2 launches) gives the reference's parameters, loss and count."""
+    ref = trainer("numpy", "relu-xent-momentum")
+    dut = trainer(make_backend(cuda_name, versions={"softmax_cross_entropy": version}), "relu-xent-momentum")
+    be = dut.backend
+    for step in range(3):
+        sl = slice(16 * step, 16 * step + 16)
+        ref.train_step(ref.train_x[sl], ref.train_y[sl], 0.1)
+        dut.train_step(dut.train_x[sl], dut.train_y[sl], 0.1)
+    for i, (a, b) in enumerate(zip(ref.model.params, dut.model.params)):
+        np.testing.assert_allclose(be.to_numpy(b), a, rtol=1e-4, atol=1e-5, err_msg=f"parameter {i}")
+    assert float(be.to_numpy(dut.loop.loss_sum)[0]) == pytest.approx(float(ref.loop.loss_sum[0]), rel=1e-5)
+    assert int(be.to_numpy(dut.loop.correct)[0]) == int(ref.loop.correct[0])
+
+
+@pytest.mark.parametrize("net", NETWORKS)
+@pytest.mark.parametrize("cuda_name", CUDA_PARAMS)
+def test_the_fused_step_trains_like_the_reference(cuda_name, net):
+    """``--fused-step`` on the cuda backend (two kernels a step) against the numpy backend's steps:
+    the same parameters, loss sum and count after three whole steps, the partial last batch too."""
+    def fused_trainer(backend):
+        cfg = TrainConfig(epochs=1, batch_size=16, **NETWORKS[net])
+        return Trainer(cfg, toy_data(n=40, n_test=20, d=12, c=4), backend=backend, progress=False,
+                       log=lambda s: None, fused_step=True)
+
+    ref, dut = fused_trainer("numpy"), fused_trainer(make_backend(cuda_name))
+    be = dut.backend
+    for t in (ref, dut):
+        t.loop.start_epoch(np.random.default_rng(1).permutation(40), np.linspace(0.2, 0.1, 4), 0)
+        for m in (16, 16, 8):
+            t.device_step(m)
+    for i, (a, b) in enumerate(zip(ref.model.params, dut.model.params)):
+        np.testing.assert_allclose(be.to_numpy(b), a, rtol=1e-4, atol=1e-5, err_msg=f"parameter {i}")
+    assert dut.loop.loss() == pytest.approx(ref.loop.loss(), rel=1e-5)
+    assert dut.loop.correct_count() == ref.loop.correct_count()
+    assert list(be.to_numpy(dut.loop.cursor)) == [40, 3] and dut.last_rate() == ref.last_rate()
 
 
 @pytest.mark.parametrize("cuda_name", CUDA_PARAMS)

@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import gpu_unavailable_reason
 from gpunn.backend import NumpyBackend, ops
+from gpunn.env import simulator_on
 from gpunn.instrument import OpRecorder, annotate_nvtx, call_cost
 from gpunn.profile import profile_step, synthetic_trainer
 from gpunn.roofline import GPU_PEAKS, Peaks, cpu_peaks, lookup_gpu, peaks_from_properties, percent_of_peak
@@ -182,7 +184,10 @@ def test_step_profile_counts_calls_and_shares_add_up():
     # the optimizer updates every parameter (one op per array, or one over a flat copy of all of them)
     updated = sum(int(np.prod(r["shapes"][0])) * r["calls"] for r in rows if r["op"] == "sgd_update")
     assert updated >= sum(int(np.prod(p.shape)) for p in synthetic_trainer(SMALL, NumpyBackend()).model.params)
-    assert calls["softmax_cross_entropy"] == calls["count_correct"] == 1
+    # the loss counts the correct rows and sums the last layer's bias gradient (its row sum) itself
+    assert calls["softmax_cross_entropy"] == 1 and "count_correct" not in calls
+    assert [r["variant"] for r in rows if r["op"] == "softmax_cross_entropy"] == ["+ count + bias grad"]
+    assert "bias_grad" not in calls  # SMALL's hidden layers have activations: act_bias_backward
     assert sum(r["share"] for r in rows) == pytest.approx(100.0)
     assert all(r["seconds"] > 0 and r["percent_of_peak"] > 0 for r in rows)
     assert len(prof.steps) == 3 and len(prof.step_seconds) == 3
@@ -257,10 +262,46 @@ def test_profile_in_the_simulator_shows_the_launch_trace_not_times(tmp_path):
     assert "not meaningful" in r.stdout and "time µs" not in r.stdout
     d = json.loads(j.read_text())
     assert d["timing"]["meaningful"] is False and all(op["seconds"] is None for op in d["ops"])
-    names = {spec.name for _, spec in kernel_specs()}
+    from gpunn.backend.cuda_backend import CUBLAS_GEMM
+
+    names = {spec.name for _, spec in kernel_specs()} | {CUBLAS_GEMM}
     assert d["launches"] and {entry["kernel"] for entry in d["launches"]} <= names
     for entry in d["launches"]:
         assert entry["kernel"] in r.stdout
+    # the whole step's kernels: the profiled train_step's, with the batch's gather and the cursor's advance
+    step = [k["kernel"] for k in d["step_kernels"]]
+    assert d["kernels_per_step"] == len(step) == len(d["launches"]) + 2
+    assert step[0] == "gather_batch" and step[-1] == "advance_step"
+    assert step[1:-1] == [entry["kernel"] for entry in d["launches"]]
+
+
+@pytest.mark.cudasim
+@pytest.mark.skipif(not simulator_on(), reason="the CUDA simulator is off in this run")
+def test_kernels_per_step_is_the_cuda_paths_on_every_backend():
+    """The numpy backend counts what the cuda path would launch (its plans run dry): the same
+    kernels, in the same order, as one step records in the simulator, for each loss and version."""
+    from gpunn.backend.cuda_backend import CudaBackend
+    from gpunn.profile import step_kernels
+
+    counts = {}
+    for loss, versions in (("cross-entropy", {}), ("cross-entropy", {"softmax_cross_entropy": "classifier"}),
+                           ("mse", {})):
+        cfg = TrainConfig(hidden=(16, 16), batch_size=8, loss=loss, activation="sigmoid")
+        planned, how = step_kernels(cfg, CudaBackend(dry=True, versions=versions))
+        recorded, how_sim = step_kernels(cfg, CudaBackend(versions=versions))
+        assert planned == recorded and "simulator" in how_sim
+        counts[loss, bool(versions)] = len(recorded)
+    on_numpy, how = step_kernels(TrainConfig(hidden=(16, 16), batch_size=8), NumpyBackend())
+    assert "run dry" in how and len(on_numpy) == counts["cross-entropy", False]
+    # gather, 3 x (GEMM, bias_act), the loss (count, softmax-xent, its reduction, the output bias's
+    # gradient), 5 GEMMs and 2 act_bias_backward, the update, the advance
+    assert counts["cross-entropy", False] == 1 + 6 + 4 + 5 + 2 + 1 + 1 == 20
+    assert counts["cross-entropy", True] == 18  # the classifier: loss, count, both gradients in 2 launches
+    primer = TrainConfig(hidden=(16, 16), batch_size=8, loss="mse", activation="sigmoid", momentum=0.0,
+                         nesterov=False)
+    for be in (NumpyBackend(), CudaBackend()):  # the whole step as narrow_step: its two kernels
+        kernels, _ = step_kernels(primer, be, fused_step=True)
+        assert kernels == [("narrow_step", "narrow_rows"), ("narrow_step", "narrow_update")]
 
 
 @pytest.fixture(scope="module")
@@ -331,3 +372,28 @@ def test_gpu_timer_reads_events_after_the_step_and_lengthens_a_short_hold(monkey
     assert first.start == pytest.approx(1.0) and second.start == pytest.approx(1.002)
     assert not first.host_bound and second.host_bound
     assert holds == [100_000, 100_000] and timer.hold_ns == 200_000  # the next op gets a longer hold
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(gpu_unavailable_reason() is not None, reason=str(gpu_unavailable_reason()))
+@pytest.mark.parametrize("gemm", ["numba", "cublas"])
+def test_the_graph_of_a_step_holds_the_kernels_counted(gemm):
+    """On the device: the CUDA graph of one whole step holds as many kernel nodes as
+    ``kernels_per_step`` counts (gpunn's GEMM: exactly; cuBLAS may split a GEMM in two)."""
+    from gpunn.backend.cuda_backend import CudaBackend
+    from gpunn.profile import step_kernels
+
+    for versions in ({}, {"softmax_cross_entropy": "classifier"}):
+        be = CudaBackend(gemm=gemm, versions=versions)
+        cfg = TrainConfig(hidden=(64, 32), batch_size=32)
+        counted, _ = step_kernels(cfg, be)
+        trainer = synthetic_trainer(cfg, be)
+        n = trainer.train_x.shape[0]
+        trainer.loop.start_epoch(np.arange(n), np.full(trainer.steps_per_epoch + 1, cfg.lr), 0)
+        step = lambda: trainer.loop.step(n, trainer.train_step)  # noqa: E731
+        step()  # compiled, allocated
+        nodes = be.capture(step).kernel_nodes()
+        if gemm == "numba":
+            assert nodes == len(counted), (versions, counted)
+        else:
+            assert nodes >= len(counted), (versions, counted)

@@ -409,3 +409,39 @@ def test_a_layer_with_read_only_params_is_told_the_contract():
     be = get_backend("numpy")
     with pytest.raises(TypeError, match="Frozen: params and grads must be plain attributes"):
         Sequential([Dense(3, 3, backend=be), Frozen(be)])
+
+
+NARROW_RUNS = {  # the primer's kind of network, and a momentum one with cross-entropy; partial last batches
+    "primer": dict(hidden=(16, 16), activation="sigmoid", loss="mse", lr=3.0, momentum=0.0, nesterov=False),
+    "xent-nesterov": dict(hidden=(32,), activation="tanh", weight_decay=1e-3),
+}
+
+
+@pytest.mark.parametrize("run", NARROW_RUNS)
+def test_the_fused_step_trains_exactly_like_the_ops_it_is(run, tmp_path):
+    """On the numpy backend ``narrow_step`` is the ops it fuses, in order: the same run bit for bit,
+    checkpoint and resume included (its arrays are the model's and the optimizer's own, in place)."""
+    cfg = {**NARROW_RUNS[run], "epochs": 3}
+    plain, fused = make(cfg), make(cfg, fused_step=True)
+    a = plain.fit()
+    fused.run_epoch()
+    fused.save(tmp_path / "f.npz")
+    resumed = make(cfg, fused_step=True)
+    resumed.restore(tmp_path / "f.npz")
+    b = resumed.fit()
+    assert [dataclasses.replace(s, seconds=0, samples_per_second=0) for s in a] == \
+        [dataclasses.replace(s, seconds=0, samples_per_second=0) for s in b]
+    for p, q in zip(params(plain), params(resumed)):
+        np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("cfg_kw, message", [
+    ({"hidden": (64,)}, "every layer must be at most 32 wide (a narrow network); 64 is not"),
+    ({"optimizer": "adam"}, "it updates with SGD (momentum, Nesterov and weight decay included), not adam"),
+    ({"dropout": 0.2}, "it takes Dense layers only (this model has Dropout)"),
+    ({"activation": "gelu"}, "gelu's derivative reads its input"),
+    ({"hidden": (8, 8, 8, 8)}, "1..4 layers"),
+])
+def test_the_fused_step_says_why_it_cannot_train_a_run(cfg_kw, message):
+    with pytest.raises(ValueError, match=f"the fused step cannot train this run: .*{message.replace('(', '.').replace(')', '.')}"):
+        make(cfg_kw, fused_step=True)

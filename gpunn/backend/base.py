@@ -184,9 +184,16 @@ class Backend(abc.ABC):
         self.unchecked.softmax_backward(*OPS["softmax_backward"].check(self, y, dy, out))
 
     @_documented(OPS["softmax_cross_entropy"])
-    def softmax_cross_entropy(self, logits, labels, grad, loss, accumulate=False, correct=None):
+    def softmax_cross_entropy(self, logits, labels, grad, loss, accumulate=False, correct=None, bias_grad=None):
         self.unchecked.softmax_cross_entropy(
-            *OPS["softmax_cross_entropy"].check(self, logits, labels, grad, loss, accumulate, correct))
+            *OPS["softmax_cross_entropy"].check(self, logits, labels, grad, loss, accumulate, correct, bias_grad))
+
+    @_documented(OPS["narrow_step"])
+    def narrow_step(self, x, labels, order, cursor, lr_table, lr, params, grads, velocity, widths, acts, offsets,
+                    loss, rows, loss_sum, correct, momentum=0.0, weight_decay=0.0, nesterov=False):
+        self.unchecked.narrow_step(*OPS["narrow_step"].check(
+            self, x, labels, order, cursor, lr_table, lr, params, grads, velocity, widths, acts, offsets, loss, rows,
+            loss_sum, correct, momentum, weight_decay, nesterov))
 
     @_documented(OPS["mse"])
     def mse(self, y, labels, grad, loss, accumulate=False):
@@ -287,11 +294,16 @@ class Unchecked:
     def softmax_backward(self, y, dy, out):
         self.impl._softmax_backward(y, dy, out)
 
-    def softmax_cross_entropy(self, logits, labels, grad, loss, accumulate=False, correct=None):
-        self.impl._softmax_cross_entropy(logits, labels, grad, loss, accumulate, correct)
+    def softmax_cross_entropy(self, logits, labels, grad, loss, accumulate=False, correct=None, bias_grad=None):
+        self.impl._softmax_cross_entropy(logits, labels, grad, loss, accumulate, correct, bias_grad)
 
     def mse(self, y, labels, grad, loss, accumulate=False):
         self.impl._mse(y, labels, grad, loss, accumulate)
+
+    def narrow_step(self, x, labels, order, cursor, lr_table, lr, params, grads, velocity, widths, acts, offsets,
+                    loss, rows, loss_sum, correct, momentum=0.0, weight_decay=0.0, nesterov=False):
+        self.impl._narrow_step(x, labels, order, cursor, lr_table, lr, params, grads, velocity, widths, acts,
+                               offsets, loss, rows, loss_sum, correct, momentum, weight_decay, nesterov)
 
     def sgd_update(self, param, grad, velocity, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
         self.impl._sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov)

@@ -53,6 +53,7 @@ from gpunn.kernels import (
     bias_grad,
     count_correct,
     mse,
+    narrow_mlp,
     reduce,
     sgd,
     softmax,
@@ -63,6 +64,9 @@ from gpunn.occupancy import parse_arch
 
 #: bound op calls kept before the cache starts afresh (a loop over fresh arrays would grow it)
 MAX_BOUND = 4096
+
+#: the name a launch hook (and the profile) sees for a cuBLAS GEMM call: one kernel of cuBLAS's own
+CUBLAS_GEMM = "cublas_gemm"
 
 f32, i32, i64 = np.float32, np.int32, np.int64
 
@@ -127,14 +131,18 @@ class CudaBackend(Backend):
     name = "cuda"
 
     def __init__(self, gemm: str = "cublas", threads: int | None = None, max_blocks: int | None = None,
-                 versions: dict | None = None):
+                 versions: dict | None = None, dry: bool = False):
         if gemm not in GEMM_IMPLEMENTATIONS:
             raise ValueError(f"gemm must be one of {', '.join(GEMM_IMPLEMENTATIONS)}, got {gemm!r}")
         self.gemm_impl = gemm
         self.threads = check_pow2_threads(threads or ROW_THREADS)
         self.elementwise_threads = min(self.threads, ELEMENTWISE_THREADS)
         self.max_blocks = max_blocks
-        self.simulated = simulator_on()
+        #: a dry run: NumPy arrays hold the buffers and nothing is launched; every launch (and
+        #: cuBLAS call) reaches the launch hooks and stops there. How a step's kernels are counted
+        #: on a machine with neither a GPU nor the simulator: they are the GPU's own plans.
+        self.dry = dry
+        self.simulated = simulator_on() or dry  # the glue on NumPy arrays, on the CPU
         self.launch_hooks: list[Callable] = []
         self._ws = {}
         self._bound = {}  # op call -> its bound launches (see _queue)
@@ -147,6 +155,8 @@ class CudaBackend(Backend):
             self._blas_gemm = lambda a, b, out, trans_a, trans_b, accumulate: host.gemm(
                 a, b, out, trans_a, trans_b, accumulate)
             self._run = self._run_simulated
+            if dry:
+                self._run = self._blas_gemm = lambda *args: None
         else:
             reason = cuda_unavailable_reason()
             if reason is not None:
@@ -167,6 +177,17 @@ class CudaBackend(Backend):
     def workspace(self, tag, shape, dtype=np.float32):
         """A device scratch array kept by (tag, shape, dtype) (what a kernel version's plan asks for)."""
         return self._workspace(tag, shape, dtype)
+
+    def constant(self, tag, host):
+        """A device copy of the small host array ``host``, made once per (tag, contents) and kept:
+        what a plan passes to its kernels as a table (copied before any capture, never during one)."""
+        host = np.ascontiguousarray(host)
+        key = ("constant", tag, host.dtype.str, host.shape, host.tobytes())
+        buf = self._ws.get(key)
+        if buf is None:
+            buf = self._ws[key] = self.xp.empty(host.shape, dtype=host.dtype)
+            self.upload(host, buf)
+        return buf
 
     def _init_gpu(self):
         import cupy
@@ -269,6 +290,8 @@ class CudaBackend(Backend):
         gemm_name = {"cublas": "numpy matmul" if self.simulated else "cuBLAS",
                      "numba": f"gpunn {self.versions_in_use.get('gemm', 'blocked')}"}[self.gemm_impl]
         chosen = "".join(f"; {op}: {v}" for op, v in self.versions_in_use.items() if op != "gemm")
+        if self.dry:
+            return f"cuda (dry run: launches counted, none run; GEMM: {gemm_name.replace('numpy matmul', 'cuBLAS')}{chosen})"
         if self.simulated:
             return f"cuda (Numba CUDA simulator, NumPy arrays; GEMM: {gemm_name}{chosen})"
         props = self.xp.cuda.runtime.getDeviceProperties(self.xp.cuda.Device().id)
@@ -297,11 +320,10 @@ class CudaBackend(Backend):
         if not self.launch_hooks:
             self._run(name, kernel, grid, block, args)
             return
-        launch = Launch(name, kernel, grid, block, args)
+        self._hooked(Launch(name, kernel, grid, block, args), lambda: self._run(name, kernel, grid, block, args))
 
-        def run():
-            self._run(name, kernel, grid, block, args)
-
+    def _hooked(self, launch, run):
+        """``run()`` inside every launch hook, the first one outermost."""
         for hook in reversed(self.launch_hooks):
             run = functools.partial(hook, launch, run)
         run()
@@ -330,23 +352,6 @@ class CudaBackend(Backend):
         for launch in bound:
             launch(stream)
 
-    def _finish_loss(self, row_loss, loss, divisor, accumulate):
-        """The launch of ``loss[0] (+)= sum(row_loss) / divisor``, in one block, deterministically."""
-        grid, block = reduce.finish_config(self.threads)
-        return "finish_loss", reduce.finish_loss_kernel, grid, block, (row_loss, loss, f32(divisor), i32(accumulate))
-
-    def _bias_grad_launches(self, first, dz, out):
-        """Stage 1 (``first``: the kernel name, kernel and leading arguments) and, with more than one
-        chunk of rows, stage 2 of a column sum of ``dz`` (N,D) into ``out`` (D,)."""
-        n, d = dz.shape
-        stage1, stage2, (chunks, rows_per_chunk) = bias_grad.launch_config(n, d, self.max_blocks)
-        partial = out.reshape(1, d) if chunks == 1 else self._workspace("bias_grad", (chunks, d))
-        name, kernel, args = first
-        launches = [(name, kernel, *stage1, (*args, partial, i64(rows_per_chunk)))]
-        if stage2 is not None:
-            launches.append(("bias_grad_sum", bias_grad.bias_grad_sum_kernel, *stage2, (partial, out)))
-        return launches
-
     # ------------------------------------------------------------------ ops
     def _versioned(self, op, args):
         """Queue the launches of the version of ``op`` in use (its plan, in its kernel family)."""
@@ -355,7 +360,11 @@ class CudaBackend(Backend):
 
     def _gemm(self, a, b, out, trans_a, trans_b, accumulate):
         if self.gemm_impl == "cublas":
-            self._blas_gemm(a, b, out, trans_a, trans_b, accumulate)
+            if self.launch_hooks:  # a profiler sees cuBLAS's call as a launch of its own (grid, block: cuBLAS's)
+                args = (a, b, out, trans_a, trans_b, accumulate)
+                self._hooked(Launch(CUBLAS_GEMM, None, None, None, args), lambda: self._blas_gemm(*args))
+            else:
+                self._blas_gemm(a, b, out, trans_a, trans_b, accumulate)
             return
         self._versioned("gemm", (a, b, out, trans_a, trans_b, accumulate))
 
@@ -373,13 +382,12 @@ class CudaBackend(Backend):
             (s.reshape(-1), dy.reshape(-1), out.reshape(-1), i32(bias_act.ACT_CODES[act])))])
 
     def _bias_grad(self, dy, out):
-        self._queue("bias_grad", (dy, out), lambda: self._bias_grad_launches(
-            ("bias_grad_partial", bias_grad.bias_grad_partial_kernel, (dy,)), dy, out))
+        self._queue("bias_grad", (dy, out), lambda: bias_grad.bias_grad_launches(self, dy, out))
 
     def _act_bias_backward(self, s, dy, act, dz, db):
-        self._queue("act_bias_backward", (s, dy, act, dz, db), lambda: self._bias_grad_launches(
-            ("act_bias_grad_partial", bias_grad.act_bias_grad_partial_kernel,
-             (s, dy, i32(bias_act.ACT_CODES[act]), dz)), dz, db))
+        self._queue("act_bias_backward", (s, dy, act, dz, db), lambda: bias_grad.launches(
+            self, ("act_bias_grad_partial", bias_grad.act_bias_grad_partial_kernel,
+                   (s, dy, i32(bias_act.ACT_CODES[act]), dz)), dz, db))
 
     def _softmax(self, x, out):
         self._versioned("softmax", (x, out))
@@ -389,8 +397,8 @@ class CudaBackend(Backend):
             "softmax_backward", softmax.softmax_backward_kernel,
             *softmax.launch_config(*y.shape, self.threads, self.max_blocks), (y, dy, out))])
 
-    def _softmax_cross_entropy(self, logits, labels, grad, loss, accumulate, correct):
-        self._versioned("softmax_cross_entropy", (logits, labels, grad, loss, accumulate, correct))
+    def _softmax_cross_entropy(self, logits, labels, grad, loss, accumulate, correct, bias_grad):
+        self._versioned("softmax_cross_entropy", (logits, labels, grad, loss, accumulate, correct, bias_grad))
 
     def _mse(self, y, labels, grad, loss, accumulate):
         def plan():
@@ -398,7 +406,7 @@ class CudaBackend(Backend):
             row_sq = self._workspace("row_loss", (n,))
             return [("mse", mse.mse_kernel, *mse.launch_config(n, c, self.threads, self.max_blocks),
                      (y, labels, grad, row_sq, f32(1.0 / n))),
-                    self._finish_loss(row_sq, loss, 2 * n, accumulate)]
+                    reduce.finish_launch(self.threads, row_sq, loss, 2 * n, accumulate)]
 
         self._queue("mse", (y, labels, grad, loss, accumulate), plan)
 
@@ -446,6 +454,14 @@ class CudaBackend(Backend):
             "gather_batch", batch.gather_batch_kernel, *batch.launch_config(*xb.shape, self.threads, self.max_blocks),
             (x, labels, order, cursor, xb, yb))])
 
+    def _narrow_step(self, x, labels, order, cursor, lr_table, lr, params, grads, velocity, widths, acts, offsets,
+                     loss, rows, loss_sum, correct, momentum, weight_decay, nesterov):
+        self._queue("narrow_step", (x, labels, order, cursor, lr_table, lr, params, grads, velocity, widths, acts,
+                                    offsets, loss, rows, loss_sum, correct, momentum, weight_decay, nesterov),
+                    lambda: narrow_mlp.plan(self, x, labels, order, cursor, lr_table, lr, params, grads, velocity,
+                                            widths, acts, offsets, loss, rows, loss_sum, correct, momentum,
+                                            weight_decay, nesterov))
+
     def _advance_step(self, cursor, stride, lr_table, lr):
         self._queue("advance_step", (cursor, stride, lr_table, lr), lambda: [(
             "advance_step", batch.advance_step_kernel, *batch.advance_config(), (cursor, i32(stride), lr_table, lr))])
@@ -485,3 +501,21 @@ class Graph:
 
     def __call__(self) -> None:
         self.graph.launch(self._current())
+
+    def kernel_nodes(self) -> int:
+        """How many kernel nodes the graph holds (cuBLAS's included), asked of the CUDA driver."""
+        import ctypes
+
+        driver = ctypes.CDLL("libcuda.so.1")
+        handle, count = ctypes.c_void_p(self.graph.graph), ctypes.c_size_t(0)
+        if driver.cuGraphGetNodes(handle, None, ctypes.byref(count)) != 0:
+            raise RuntimeError("cuGraphGetNodes failed")
+        nodes = (ctypes.c_void_p * count.value)()
+        if driver.cuGraphGetNodes(handle, nodes, ctypes.byref(count)) != 0:
+            raise RuntimeError("cuGraphGetNodes failed")
+        kind, kernels = ctypes.c_int(), 0
+        for node in nodes[:count.value]:
+            if driver.cuGraphNodeGetType(ctypes.c_void_p(node), ctypes.byref(kind)) != 0:
+                raise RuntimeError("cuGraphNodeGetType failed")
+            kernels += kind.value == 0  # CU_GRAPH_NODE_TYPE_KERNEL
+        return kernels

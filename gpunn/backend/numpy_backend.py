@@ -168,7 +168,7 @@ class NumpyBackend(Backend):
         out *= y
 
     # grad = (softmax(z) - onehot)/N; loss = mean(logsumexp(z) - z[label]); correct += argmax hits
-    def _softmax_cross_entropy(self, logits, labels, grad, loss, accumulate, correct):
+    def _softmax_cross_entropy(self, logits, labels, grad, loss, accumulate, correct, bias_grad):
         if correct is not None:  # on the logits, before grad may overwrite them
             self._count_correct(logits, labels, correct)
         n = logits.shape[0]
@@ -188,6 +188,8 @@ class NumpyBackend(Backend):
         self._subtract_onehot(grad, idx)
         grad *= self.dtype.type(1.0 / n)
         loss[0] = loss[0] + value if accumulate else value
+        if bias_grad is not None:  # the layer's db, as its own bias_grad would sum it
+            self._bias_grad(grad, bias_grad)
 
     # grad = (y - onehot)/N; loss = sum((y - onehot)^2)/(2N)
     def _mse(self, y, labels, grad, loss, accumulate):
@@ -285,3 +287,43 @@ class NumpyBackend(Backend):
         cursor[0] += stride
         cursor[1] += 1
         lr[0] = lr_table[min(int(cursor[1]), lr_table.shape[0] - 1)]
+
+    # the whole step, op by op: the definition the cuda backend's two kernels are held to
+    def _narrow_step(self, x, labels, order, cursor, lr_table, lr, params, grads, velocity, widths, acts, offsets,
+                     loss, rows, loss_sum, correct, momentum, weight_decay, nesterov):
+        xb = self._workspace("narrow_x", (rows, widths[0]))
+        yb = self._workspace("narrow_y", (rows,), np.int32)
+        self._gather_batch(x, labels, order, cursor, xb, yb)
+        grads[...] = 0  # the gaps between the layers' arrays: a zero gradient, as in the flat update
+        layers, hs = [], [xb]
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):   # the layers' views of the flat storage
+            w_at, b_at = offsets[2 * i], offsets[2 * i + 1]
+            views = [store[w_at:w_at + a * b].reshape(a, b) for store in (params, grads)]
+            views += [store[b_at:b_at + b] for store in (params, grads)]
+            layers.append(views)
+            h = self._workspace(f"narrow_h{i}", (rows, b))
+            self._gemm(hs[-1], views[0], h, False, False, False)      # h = act(h_prev W + b)
+            self._bias_act(h, views[2], acts[i], h)
+            hs.append(h)
+        out = hs[-1]
+        dz = self._workspace("narrow_grad", out.shape)
+        if loss == "mse":
+            self._count_correct(out, yb, correct)
+            self._mse(out, yb, dz, loss_sum, True)
+        else:
+            self._softmax_cross_entropy(out, yb, dz, loss_sum, True, correct, None)
+        for i in reversed(range(len(layers))):                        # the chain rule, last layer first
+            w, dw, _, db = layers[i]
+            if acts[i] == "identity":
+                self._bias_grad(dz, db)
+            else:
+                g = self._workspace(f"narrow_dz{i}", dz.shape)
+                self._act_bias_backward(hs[i + 1], dz, acts[i], g, db)
+                dz = g
+            self._gemm(hs[i], dz, dw, True, False, False)            # dW = h_prevᵀ dz
+            if i:
+                dx = self._workspace(f"narrow_dx{i}", hs[i].shape)
+                self._gemm(dz, w, dx, False, True, False)            # dh_prev = dz Wᵀ
+                dz = dx
+        self._sgd_update(params, grads, velocity, lr, momentum, weight_decay, nesterov)
+        self._advance_step(cursor, rows, lr_table, lr)

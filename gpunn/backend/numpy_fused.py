@@ -230,11 +230,13 @@ class FusedNumpyBackend(NumpyBackend):
         else:
             kernel(s, dy, out)
 
-    def _softmax_cross_entropy(self, logits, labels, grad, loss, accumulate, correct):
+    def _softmax_cross_entropy(self, logits, labels, grad, loss, accumulate, correct, bias_grad):
         if correct is not None:  # on the logits, before grad may overwrite them
             correct[0] += count_correct(logits, labels)
         value = F32(softmax_cross_entropy(logits, labels, grad, F32(1.0 / logits.shape[0])))
         loss[0] = loss[0] + value if accumulate else value
+        if bias_grad is not None:  # the layer's db, as its own bias_grad would sum it
+            self._bias_grad(grad, bias_grad)
 
     def _mse(self, y, labels, grad, loss, accumulate):
         value = F32(mse(y, labels, grad, F32(1.0 / y.shape[0])))

@@ -36,6 +36,7 @@ from gpunn.checks import (BETA, DROP_PROBABILITY, EPSILON, MOMENTUM, SEED32, WEI
 from gpunn.errors import ShapeError
 from gpunn.kernels.activations import ACTIVATIONS as ACTIVATION_RECORDS
 from gpunn.kernels.activations import NAMES
+from gpunn.kernels import narrow_limits
 
 #: every activation's name, from its record (kernels/activations.py: formulas, FLOPs, what its
 #: backward reads); the ops take an activation by name
@@ -152,6 +153,17 @@ def gather_batch_cost(b: int, d: int) -> Cost:
     """``xb (B,D) = x[order[c:c+B]]``, ``yb = labels[...]``: no FLOPs; reads B rows, indices and
     labels, writes the batch."""
     return Cost(0, F32 * 2 * b * d + I32 * 3 * b + I32)
+
+
+def narrow_step_cost(widths, rows: int, momentum: float, params: int) -> Cost:
+    """Forward (2 FLOPs per weight per row), the deltas and the weight gradients (2 each: 6 in all),
+    the update (about 6 per parameter); reads the batch's rows and the parameters twice, writes the
+    activations and deltas once and reads them back, reads and writes the parameters and gradients
+    (and the velocity)."""
+    weights = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    units = rows * sum(widths[1:])
+    return Cost(6 * rows * weights + 6 * params,
+                F32 * (rows * widths[0] * 2 + 4 * units + (4 + (2 if momentum else 0)) * params) + I32 * 3 * rows)
 
 
 def advance_step_cost() -> Cost:
@@ -337,22 +349,29 @@ def softmax_backward(backend, y, dy, out):
     return y, dy, out
 
 
-@_op(cost=lambda logits, correct, **_: softmax_cross_entropy_cost(*logits.shape)
-     + (count_correct_cost(*logits.shape) if correct is not None else Cost(0, 0)),
-     variant=lambda correct, **_: "+ count" if correct is not None else "",
+@_op(cost=lambda logits, correct, bias_grad, **_: softmax_cross_entropy_cost(*logits.shape)
+     + (count_correct_cost(*logits.shape) if correct is not None else Cost(0, 0))
+     + (bias_grad_cost(*logits.shape) if bias_grad is not None else Cost(0, 0)),
+     variant=lambda correct, bias_grad, **_: " ".join(
+         w for w, on in (("+ count", correct is not None), ("+ bias grad", bias_grad is not None)) if on),
      versions=("two_kernels", "fused", "classifier"), version="fused")
-def softmax_cross_entropy(backend, logits, labels, grad, loss, accumulate=False, correct=None):
+def softmax_cross_entropy(backend, logits, labels, grad, loss, accumulate=False, correct=None, bias_grad=None):
     """Fused softmax + cross-entropy on logits (N,C) and int32 labels (N,).
 
     ``grad = (softmax(logits) - onehot(labels)) / N``;
     ``loss[0] = mean(logsumexp(logits) - logits[label])`` (``+=`` if accumulate);
     with ``correct`` ((1,) int32), also ``correct[0] +=`` the rows whose argmax (first on ties)
-    is the label, counted on the logits before grad may overwrite them (as ``count_correct``).
+    is the label, counted on the logits before grad may overwrite them (as ``count_correct``);
+    with ``bias_grad`` ((C,)), also ``bias_grad = grad summed over the rows`` (as ``bias_grad``):
+    the bias gradient of the layer that made the logits, which then need not compute it.
     Stable for any finite logits: no probability is ever logged."""
     loss_args("softmax_cross_entropy", logits, labels, loss, backend, grad=grad, name="logits")
     if correct is not None:
         array("softmax_cross_entropy", "correct", correct, shape=(1,), dtype=int32, backend=backend)
-    return logits, labels, grad, loss, accumulate, correct
+    if bias_grad is not None:
+        array("softmax_cross_entropy", "bias_grad", bias_grad, shape=(logits.shape[1],), dtype=backend.dtype,
+              backend=backend)
+    return logits, labels, grad, loss, accumulate, correct, bias_grad
 
 
 @_op(cost=lambda y, **_: mse_cost(*y.shape))
@@ -490,16 +509,21 @@ def gather_batch(backend, x, labels, order, cursor, xb, yb):
     if xb.shape[1] != x.shape[1]:
         raise ShapeError(f"gather_batch: xb must have {x.shape[1]} columns like x, got shape {tuple(xb.shape)}")
     array("gather_batch", "yb", yb, shape=(xb.shape[0],), dtype=int32, backend=backend)
-    start, b = int(backend.to_numpy(cursor)[0]), xb.shape[0]
+    _check_cursor("gather_batch", backend, x, order, cursor, xb.shape[0])
+    return x, labels, order, cursor, xb, yb
+
+
+def _check_cursor(op, backend, x, order, cursor, b):
+    """The cursor leaves room for ``b`` rows in ``order``, whose entries there index x (both read back)."""
+    start = int(backend.to_numpy(cursor)[0])
     if not 0 <= start <= order.shape[0] - b:
-        raise ShapeError(f"gather_batch: cursor[0] = {start} leaves no room for {b} rows in an order of "
+        raise ShapeError(f"{op}: cursor[0] = {start} leaves no room for {b} rows in an order of "
                          f"{order.shape[0]}")
     index = backend.to_numpy(order[start:start + b])
     bad = np.flatnonzero((index < 0) | (index >= x.shape[0]))
     if bad.size:
-        raise ShapeError(f"gather_batch: order[{start + int(bad[0])}] = {int(index[bad[0]])} is outside "
+        raise ShapeError(f"{op}: order[{start + int(bad[0])}] = {int(index[bad[0]])} is outside "
                          f"0..{x.shape[0] - 1}")
-    return x, labels, order, cursor, xb, yb
 
 
 @_op(cost=lambda **_: advance_step_cost())
@@ -518,3 +542,90 @@ def advance_step(backend, cursor, stride, lr_table, lr):
     if not isinstance(stride, (int, np.integer)) or not 0 <= stride < 2**31:
         raise ShapeError(f"advance_step: stride must be a non-negative int32, got {stride!r}")
     return cursor, int(stride), lr_table, lr
+
+
+def narrow_network_problem(widths, acts, loss):
+    """None when ``narrow_step`` can train this network (``widths``: the input's then each layer's;
+    an activation per layer; the loss's word), else ``(the exception class, why not)``: the one
+    statement of its limits, which the op's record and the trainer's ``--fused-step`` both give."""
+    layers = len(widths) - 1
+    if not 1 <= layers <= narrow_limits.MAX_LAYERS or len(acts) != layers:
+        return ShapeError, (f"widths must name the input and 1..{narrow_limits.MAX_LAYERS} layers, with one "
+                            f"activation each; got widths {tuple(widths)} and acts {tuple(acts)}")
+    wide = [w for w in widths[1:] if w > narrow_limits.MAX_WIDTH]
+    if wide:
+        return ShapeError, f"every layer must be at most {narrow_limits.MAX_WIDTH} wide (a narrow network); {wide[0]} is not"
+    for a in acts:
+        if a not in ACTIVATIONS:
+            return ValueError, f"unknown activation {a!r}; expected one of {', '.join(ACTIVATIONS)}"
+        if ACTIVATION_RECORDS[a].grad_from != "output":
+            return ValueError, (f"{a}'s derivative reads its input, which the step does not keep; "
+                                f"use identity, relu, sigmoid or tanh")
+    if loss not in narrow_limits.LOSSES:
+        return ValueError, f"unknown loss {loss!r}; expected one of {', '.join(narrow_limits.LOSSES)}"
+    if loss == "cross-entropy" and acts[-1] != "identity":
+        return ValueError, f"cross-entropy takes logits: the last activation must be identity, got {acts[-1]}"
+    return None
+
+
+def _narrow_variant(widths, acts, loss, momentum, **_):
+    return f"{'-'.join(map(str, widths))} {'/'.join(acts)}, {loss}" + (f", m={momentum:g}" if momentum else "")
+
+
+@_op(cost=lambda widths, rows, momentum, params, **_: narrow_step_cost(widths, rows, momentum, params.shape[0]),
+     variant=_narrow_variant)
+def narrow_step(backend, x, labels, order, cursor, lr_table, lr, params, grads, velocity, widths, acts, offsets,
+                loss, rows, loss_sum, correct, momentum=0.0, weight_decay=0.0, nesterov=False):
+    """One whole training step of a narrow MLP from device state: ``gather_batch`` of ``rows``
+    rows at the cursor; per Dense layer ``h = act(h W + b)``; the loss (``mse`` or
+    ``cross-entropy``, += its batch mean into ``loss_sum``; ``correct +=`` the rows whose argmax is
+    the label); the backward pass into ``grads``; ``sgd_update`` of ``params`` at ``lr[0]``; then
+    ``advance_step``.  The ops named, in that order, are its definition (the NumPy backend runs them).
+
+    params/grads/velocity (P,): the layers' W (in, out) and b at ``offsets`` (2L,: W_1, b_1, W_2, ...,
+    in order, not overlapping: a Sequential's flat storage, ``model.params.offsets``); the gaps
+    between them are updated as ``sgd_update`` of the whole would (a zero gradient); widths (L+1,)
+    the input's then each layer's, each after the input at most 32 wide, L at most 4; acts (L,)
+    activations whose derivative reads their output (identity, relu, sigmoid, tanh; cross-entropy's
+    last is identity).  On a GPU: two kernels."""
+    op = "narrow_step"
+    for name, a in (("x", x), ("lr_table", lr_table)):
+        array(op, name, a, ndim=2 if name == "x" else 1, dtype=backend.dtype, backend=backend)
+    array(op, "labels", labels, shape=(x.shape[0],), dtype=int32, backend=backend)
+    array(op, "order", order, ndim=1, dtype=int32, backend=backend)
+    array(op, "cursor", cursor, shape=(2,), dtype=int32, backend=backend)
+    if lr_table.shape[0] == 0:
+        raise ShapeError(f"{op}: lr_table is empty")
+    for name, a in (("lr", lr), ("loss_sum", loss_sum)):
+        array(op, name, a, shape=(1,), dtype=backend.dtype, backend=backend)
+    array(op, "correct", correct, shape=(1,), dtype=int32, backend=backend)
+    widths, acts = tuple(widths), tuple(acts)
+    if not all(isinstance(w, (int, np.integer)) and w > 0 for w in widths) or widths[:1] != (x.shape[1],):
+        raise ShapeError(f"{op}: widths must be positive integers starting with x's {x.shape[1]} columns, got {widths}")
+    problem = narrow_network_problem(widths, acts, loss)
+    if problem is not None:
+        raise problem[0](f"{op}: {problem[1]}")
+    array(op, "params", params, ndim=1, dtype=backend.dtype, backend=backend)
+    array(op, "grads", grads, shape=params.shape, dtype=backend.dtype, backend=backend)
+    offsets = tuple(offsets)
+    sizes = [size for a, b in zip(widths[:-1], widths[1:]) for size in (a * b, b)]
+    end = 0
+    if len(offsets) != len(sizes) or not all(isinstance(o, (int, np.integer)) for o in offsets):
+        raise ShapeError(f"{op}: offsets must be {len(sizes)} integers (each layer's W and b), got {offsets}")
+    for o, size in zip(offsets, sizes):
+        if o < end:
+            raise ShapeError(f"{op}: offsets {offsets} overlap or are out of order (W and b of each layer, in order)")
+        end = o + size
+    if end > params.shape[0]:
+        raise ShapeError(f"{op}: the layers need {end} parameters at offsets {offsets}; params has {params.shape[0]}")
+    n_params = params.shape[0]
+    momentum = MOMENTUM.check(op, "momentum", momentum)
+    weight_decay = WEIGHT_DECAY.check(op, "weight_decay", weight_decay)
+    if momentum:
+        array(op, "velocity", velocity, shape=(n_params,), dtype=backend.dtype, backend=backend)
+    if not isinstance(rows, (int, np.integer)) or not 0 < rows < 2**31:
+        raise ShapeError(f"{op}: rows must be a positive int32, got {rows!r}")
+    _check_cursor(op, backend, x, order, cursor, int(rows))
+    labels_in_range(op, labels, widths[-1], backend)
+    return (x, labels, order, cursor, lr_table, lr, params, grads, velocity, widths, acts,
+            tuple(int(o) for o in offsets), loss, int(rows), loss_sum, correct, momentum, weight_decay, bool(nesterov))

@@ -18,6 +18,7 @@ import pytest
 
 from gpunn.backend import NumpyBackend
 from gpunn.backend.ops import ACTIVATIONS, OPS
+from gpunn.layers import Dense, Sequential
 
 REF = NumpyBackend()
 
@@ -249,6 +250,17 @@ def test_softmax_cross_entropy_counts_the_correct_rows(backend, shape):
     assert got["hits"][0] == 3 + np.count_nonzero(np.argmax(z, axis=1) == t)
 
 
+@pytest.mark.parametrize("shape", VERSION_SHAPES, ids=str)
+def test_softmax_cross_entropy_sums_the_bias_gradient(backend, shape):
+    """With ``bias_grad``: the gradient's row sum, as ``bias_grad`` of it would give, in place too."""
+    rng = rng_for("xent-db", shape)
+    z, t = logits(rng, shape), labels_for(rng, shape[0], shape[1])
+    got = check(backend, lambda be, d: be.softmax_cross_entropy(d["z"], d["t"], d["z"], d["loss"],
+                                                                bias_grad=d["db"]),
+                z=z, t=t, loss=nan(1), db=nan(shape[1]))
+    np.testing.assert_allclose(got["db"], got["z"].astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("version", OPS["softmax_cross_entropy"].versions)
 @pytest.mark.parametrize("shape", VERSION_SHAPES, ids=str)
 def test_softmax_cross_entropy_versions(versioned, version, shape):
@@ -261,6 +273,8 @@ def test_softmax_cross_entropy_versions(versioned, version, shape):
           z=z, t=t, grad=nan(shape), loss=np.array([2.5], np.float32))
     check(be, lambda be, d: be.softmax_cross_entropy(d["z"], d["t"], d["z"], d["loss"], correct=d["hits"]),
           z=z, t=t, loss=nan(1), hits=np.zeros(1, np.int32))
+    check(be, lambda be, d: be.softmax_cross_entropy(d["z"], d["t"], d["z"], d["loss"], False, d["hits"], d["db"]),
+          z=z, t=t, loss=nan(1), hits=np.zeros(1, np.int32), db=nan(shape[1]))
 
 
 def test_two_kernels_loss_overflows_where_the_fused_versions_do_not(versioned):
@@ -410,6 +424,73 @@ def test_gather_batch_and_advance_step_check_their_arguments(backend):
         be.advance_step(be.zeros((2,), np.int32), -1, be.zeros((3,)), be.zeros((1,)))
     with pytest.raises(ShapeError, match=r"sgd_update: lr must have shape \(1,\)"):
         be.sgd_update(be.zeros((3,)), be.zeros((3,)), None, be.zeros((2,)))
+
+
+# ---------------------------------------------------------------------------- the narrow step
+NARROW_NETS = {  # widths, activations, loss, momentum, weight decay, Nesterov; rows of 120 examples
+    "primer-like": ((13, 7, 5, 4), ("sigmoid", "tanh", "sigmoid"), "mse", 0.9, 1e-3, True),
+    "widest-xent": ((9, 32, 3), ("relu", "identity"), "cross-entropy", 0.0, 0.0, False),
+    "one-layer": ((37, 1), ("identity",), "mse", 0.5, 0.0, False),
+    "four-layers": ((6, 3, 32, 2, 10), ("tanh", "relu", "sigmoid", "identity"), "cross-entropy", 0.9, 0.0, False),
+}
+
+
+@pytest.mark.parametrize("net", NARROW_NETS)
+@pytest.mark.parametrize("rows", [1, 33])
+def test_narrow_step(backend, net, rows):
+    """Two whole steps (the second reads the cursor and rate the first left) from an irregular place
+    in the order: the parameters, gradients, velocity, sums, cursor and rate of the ops it is."""
+    widths, acts, loss, momentum, wd, nesterov = NARROW_NETS[net]
+    rng = rng_for("narrow", net, rows)
+    n = 120
+    if net == "one-layer":  # packed with no gaps
+        offsets, p = (0, widths[0] * widths[1]), widths[0] * widths[1] + widths[1]
+    else:  # as a Sequential packs them: every array at a multiple of 16 floats, gaps between
+        packed = Sequential([Dense(a, b, act, backend=REF) for a, b, act in zip(widths[:-1], widths[1:], acts)]).params
+        offsets, p = packed.offsets, packed.flat.shape[0]
+    arrays = dict(x=rng.random((n, widths[0]), dtype=np.float32), y=labels_for(rng, n, widths[-1]),
+                  order=rng.permutation(n).astype(np.int32), cursor=np.array([5, 2], np.int32),
+                  table=np.array([0.5, 0.3, 0.2, 0.1], np.float32), lr=np.array([0.2], np.float32),
+                  params=normal(rng, (p,), 0.7), grads=nan(p), velocity=normal(rng, (p,), 0.1),
+                  loss=np.array([1.5], np.float32), hits=np.array([3], np.int32))
+
+    def two_steps(be, d):
+        for _ in range(2):
+            be.narrow_step(d["x"], d["y"], d["order"], d["cursor"], d["table"], d["lr"], d["params"], d["grads"],
+                           d["velocity"] if momentum else None, widths, acts, offsets, loss, rows, d["loss"], d["hits"],
+                           momentum, wd, nesterov)
+
+    got = check(backend, two_steps, **arrays)
+    assert list(got["cursor"]) == [5 + 2 * rows, 4] and got["lr"][0] == np.float32(0.1)
+
+
+def test_narrow_step_checks_its_arguments(backend):
+    from gpunn.errors import ShapeError
+
+    be = backend
+    x, y, order = be.zeros((10, 3)), be.zeros((10,), np.int32), be.asarray(np.arange(10, dtype=np.int32))
+    cursor, table, lr, s, c = be.zeros((2,), np.int32), be.zeros((3,)), be.zeros((1,)), be.zeros((1,)), \
+        be.zeros((1,), np.int32)
+    p = be.zeros((3 * 4 + 4,))
+
+    def step(widths=(3, 4), acts=("relu",), loss="mse", rows=4, params=p, cursor=cursor, offsets=(0, 12)):
+        be.narrow_step(x, y, order, cursor, table, lr, params, params, None, widths, acts, offsets, loss, rows, s, c)
+
+    step()  # the arguments below differ from these in one place each
+    for kwargs, error, message in (
+            (dict(widths=(3, 33), params=be.zeros((3 * 33 + 33,)), offsets=(0, 99)), ShapeError, "at most 32 wide"),
+            (dict(widths=(3, 2, 2, 2, 2, 2), acts=("relu",) * 5, offsets=(0,) * 10), ShapeError, "1..4 layers"),
+            (dict(widths=(4, 4)), ShapeError, "starting with x's 3 columns"),
+            (dict(acts=("gelu",)), ValueError, "gelu's derivative reads its input"),
+            (dict(loss="cross-entropy"), ValueError, "the last activation must be identity"),
+            (dict(loss="hinge"), ValueError, "unknown loss 'hinge'"),
+            (dict(params=be.zeros((15,))), ShapeError, "the layers need 16 parameters at offsets"),
+            (dict(offsets=(0, 8)), ShapeError, "overlap or are out of order"),
+            (dict(offsets=(0,)), ShapeError, "offsets must be 2 integers"),
+            (dict(rows=0), ShapeError, "rows must be a positive int32"),
+            (dict(cursor=be.asarray(np.array([8, 0], np.int32))), ShapeError, "leaves no room for 4 rows")):
+        with pytest.raises(error, match=f"narrow_step: .*{message}"):
+            step(**kwargs)
 
 
 # ---------------------------------------------------------------------------- accuracy count

@@ -17,7 +17,7 @@ from mnist_data import mnist_dir, needs_mnist
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_train_speed.py"
-CONTESTANTS = ("gpunn", "gpunn_eager", "torch_eager", "torch_graph")
+CONTESTANTS = ("gpunn", "gpunn_eager", "gpunn_fused", "torch_eager", "torch_graph")
 
 
 def run(*args, env=None):
@@ -47,6 +47,10 @@ def test_cpu_smoke_run_writes_the_schema(tmp_path):
     assert small["test_accuracy"]["gpunn"] == small["test_accuracy"]["gpunn_eager"]
     assert small["seconds_per_epoch"]["torch_eager"] is None and small["seconds_per_epoch"]["torch_graph"] is None
     assert any("torch_eager" in n for n in r["notes"])
+    # the kernels one step launches on the cuda path (planned: numpy runs the cuda backend's plans dry)
+    # gather, 3 x (GEMM, bias_act), count + mse + its reduction, 3 act_bias_backward + 5 GEMMs, update, advance
+    assert small["kernels_per_step"] == {"gpunn": 20, "gpunn_eager": 20}
+    assert "kernels/step" in out and small["seconds_per_epoch"]["gpunn_fused"] is None
     cfg = small["config"]
     assert cfg["hidden"] == [16, 16] and cfg["loss"] == "mse" and cfg["lr"] == 6.0 and cfg["batch_size"] == 100
     assert r["launch_us"] is None and r["startup_s"] is None

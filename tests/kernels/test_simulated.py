@@ -72,11 +72,17 @@ def every_op(be, rng):
     be.adam_update(w, w.copy(), m, v, np.array([1e-3], np.float32), step, weight_decay=0.01, decoupled=True)
     be.dropout(x, np.empty_like(x), 0.3, 7, step)
     be.dropout_backward(x, np.empty_like(x), 0.3, 7, step)
+    params = f(7 * 4 + 4 + 4 * 3 + 3)  # a 7-4-3 narrow network, with momentum
+    be.narrow_step(x, t, np.arange(5, dtype=np.int32), np.array([0, 0], np.int32), np.ones(4, np.float32),
+                   np.ones(1, np.float32), params, np.empty_like(params), np.zeros_like(params), (7, 4, 3),
+                   ("sigmoid", "identity"), (0, 28, 32, 44), "cross-entropy", 5, np.zeros(1, np.float32),
+                   np.zeros(1, np.int32), 0.9)
     versioned = {  # each kernel version of each versioned op, with each argument that changes its launches
         "gemm": lambda: (be.gemm(x, w, out), be.gemm(x, out, np.empty((7, 3), np.float32), trans_a=True)),
         "softmax": lambda: be.softmax(out, g),
         "softmax_cross_entropy": lambda: (be.softmax_cross_entropy(out, t, g, loss),
-                                          be.softmax_cross_entropy(out, t, g, loss, correct=np.zeros(1, np.int32))),
+                                          be.softmax_cross_entropy(out, t, g, loss, correct=np.zeros(1, np.int32),
+                                                                   bias_grad=np.zeros(out.shape[1], np.float32))),
     }
     assert set(versioned) == set(versioned_ops())
     for op, call in versioned.items():

@@ -15,11 +15,13 @@ NETS = {
     "small": dict(hidden=(16, 16), activation="sigmoid", output_activation="sigmoid", loss="mse",
                   batch_size=100, lr=6.0, momentum=0.0, nesterov=False, lr_schedule="cosine"),
 }
-CONTESTANTS = ("gpunn", "gpunn_eager", "gpunn_fused", "torch_eager", "torch_graph")
-#: gpunn's contestants: (name, CUDA graphs, kernel versions); ``gpunn_fused`` is gpunn with every fusion
-#: that is still behind an option (issue 18), to be made the default once a GPU says it wins
-GPUNN_RUNS = (("gpunn", True, {}), ("gpunn_eager", False, {}),
-              ("gpunn_fused", True, {"softmax_cross_entropy": "classifier"}))
+CONTESTANTS = ("gpunn", "gpunn_eager", "gpunn_fused", "gpunn_tf32", "torch_eager", "torch_graph")
+#: gpunn's contestants: (name, CUDA graphs, the cuda backend's options, --fused-step where the net allows).
+#: ``gpunn_fused`` and ``gpunn_tf32`` are what is still behind an option (issue 18), each the default
+#: (TF32: an option beside FP32) once a GPU says it wins
+GPUNN_RUNS = (("gpunn", True, {}, False), ("gpunn_eager", False, {}, False),
+              ("gpunn_fused", True, {"versions": {"softmax_cross_entropy": "classifier"}}, True),
+              ("gpunn_tf32", True, {"precision": "tf32"}, False))
 
 
 class Stopped(BaseException):
@@ -34,7 +36,7 @@ def on_sigterm(signum, frame):
 class GpunnRun:
     """gpunn's Trainer, with CUDA graphs (``gpunn``) or without (``gpunn_eager``)."""
 
-    def __init__(self, name, cfg, data, backend, graphs, notes, versions=None):
+    def __init__(self, name, cfg, data, backend, graphs, notes, options=None, fused=False):
         from gpunn.backend import get_backend
         from gpunn.train import Trainer
         from gpunn.profile import step_kernels
@@ -45,11 +47,11 @@ class GpunnRun:
             notes.append(f"{name}: {message}")
 
         self.name = name
-        if versions:
+        if options:
             if backend != "cuda":
-                raise Unavailable(f"kernel versions are the cuda backend's; this run uses {backend}")
-            backend = get_backend(backend, versions=versions)
-        fused_step = bool(versions)  # the fused contestant: the whole step as narrow_step where the net allows
+                raise Unavailable(f"{', '.join(options)}: the cuda backend's options; this run uses {backend}")
+            backend = get_backend(backend, **options)
+        fused_step = fused  # the fused contestant: the whole step as narrow_step where the net allows
         try:
             self.trainer = Trainer(cfg, data, backend=backend, graphs=graphs, progress=False,
                                    log=lambda s: None, notice=notice, fused_step=fused_step)
@@ -62,7 +64,7 @@ class GpunnRun:
                                    log=lambda s: None, notice=notice)
         kernels, how = step_kernels(cfg, self.trainer.backend, fused_step)  # a synthetic trainer's: ours untouched
         self.info = {"graphs_requested": graphs, "graphs_on_after_construction": bool(self.trainer.graphs_on),
-                     "versions": dict(versions or {}), "fused_step": fused_step, "kernels_per_step": None if kernels is None else len(kernels),
+                     "options": {k: v for k, v in (options or {}).items()}, "fused_step": fused_step, "kernels_per_step": None if kernels is None else len(kernels),
                      "kernels_counted": how, "kernels": None if kernels is None else [k for _, k in kernels]}
         self.test_accuracy = None
 
@@ -85,7 +87,8 @@ class GpunnRun:
     def describe(self):
         i = self.info
         kernels = f"; {i['kernels_per_step']} kernels/step" if i.get("kernels_per_step") is not None else ""
-        versions = "".join(f"; {op}: {v}" for op, v in i.get("versions", {}).items())
+        versions = "".join(f"; {op}: {v}" for op, v in i.get("options", {}).get("versions", {}).items())
+        versions += f"; {i['options']['precision']}" if "precision" in i.get("options", {}) else ""
         versions += "; --fused-step" if i.get("fused_step") else ""
         if i.get("cuda_graphs"):
             return f"CUDA graphs: on{kernels}{versions}"
@@ -181,10 +184,10 @@ def contestants(key, cfg, data, args, notes, result, failed):
     from gpunn.optim import Schedule
 
     runs = []
-    for name, graphs, versions in GPUNN_RUNS:
+    for name, graphs, options, fused in GPUNN_RUNS:
         if name in args.only:
             try:
-                runs.append(GpunnRun(name, cfg, data, args.backend, graphs, notes, versions))
+                runs.append(GpunnRun(name, cfg, data, args.backend, graphs, notes, options, fused))
             except Exception as exc:
                 failed(name, exc)
     weights = None

@@ -46,6 +46,17 @@ for op in softmax softmax-cross-entropy gemm; do
         --json "$OUT/bench_$op.json" --plot "$OUT/bench_$op.png"
 done
 TAIL=30 part profile 90 python3 -m gpunn profile --backend cuda --reps 50 --json "$OUT/profile_default.json"
+# issue 18: the kernels per step and a graph replay's time of the fused paths (each behind its option)
+TAIL=12 part profile-classifier 60 python3 -m gpunn profile --backend cuda --reps 50 \
+    --version softmax-cross-entropy=classifier --json "$OUT/profile_classifier.json"
+TAIL=12 part profile-tf32 60 python3 -m gpunn profile --backend cuda --reps 50 --precision tf32 \
+    --json "$OUT/profile_tf32.json"
+PRIMER="--hidden 16,16 --activation sigmoid --output-activation sigmoid --loss mse --batch-size 100 --lr 6 --momentum 0 --no-nesterov"
+TAIL=12 part profile-primer 60 python3 -m gpunn profile --backend cuda --reps 50 $PRIMER --json "$OUT/profile_primer.json"
+TAIL=12 part profile-primer-fused 60 python3 -m gpunn profile --backend cuda --reps 50 $PRIMER --fused-step \
+    --json "$OUT/profile_primer_fused.json"
+part train-primer-fused 90 python3 -m gpunn train --backend cuda $PRIMER --epochs 30 --fused-step \
+    --metrics-json "$OUT/train_primer_fused.json"
 # where a second run's start-up goes (cProfile of the quick start's command, its kernel cache warm by now)
 TAIL=45 part startup-profile 60 python3 -c 'import cProfile, pstats, sys
 sys.argv = ["gpunn", "train", "--backend", "cuda", "--epochs", "1"]

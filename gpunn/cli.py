@@ -18,6 +18,7 @@ import time
 from gpunn.errors import GpunnError
 from gpunn.options import (
     MODEL_FIELDS,
+    positive_int,
     add_backend_options,
     add_data_options,
     add_model_options,
@@ -109,7 +110,7 @@ def check_resume_options(args, path, saved):
 def resume_command(args, path):
     """The command line that continues this run from ``path``: the same data, backend and outputs."""
     words = ["gpunn", "train", "--resume", str(path), "--save", str(path)]
-    for k in ("data_dir", "train_samples", "test_samples", "backend", "gemm", "threads", "metrics_json"):
+    for k in ("data_dir", "train_samples", "test_samples", "backend", "gemm", "precision", "threads", "metrics_json"):
         v = getattr(args, k, None)
         if v is not None:
             words += ["--" + k.replace("_", "-"), str(v)]
@@ -117,6 +118,8 @@ def resume_command(args, path):
         words.append("--graphs" if args.graphs else "--no-graphs")
     if getattr(args, "fused_step", False):
         words.append("--fused-step")
+    if getattr(args, "steps_per_graph", 1) != 1:
+        words += ["--steps-per-graph", str(args.steps_per_graph)]
     return shlex.join(words)
 
 
@@ -151,7 +154,7 @@ def cmd_train(args):
         raise GpunnError(f"the images have {data.train_x.shape[1]} pixels, but the checkpoint's model "
                          f"expects {meta['in_features']} ({args.resume})")
     trainer = Trainer(cfg, data, backend=backend, progress=progress, save_path=args.save, graphs=args.graphs,
-                      fused_step=args.fused_step)
+                      fused_step=args.fused_step, steps_per_graph=args.steps_per_graph)
     if args.resume:
         trainer.restore(args.resume)
         print(f"resuming {args.resume} at epoch {trainer.epoch + 1}, step {trainer.step}", file=sys.stderr)
@@ -236,6 +239,8 @@ def build_parser():
     p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="cuda backend: capture each training step once as a CUDA graph and replay it "
                         "(default: on, unless $GPUNN_GRAPHS is 0)")
+    p.add_argument("--steps-per-graph", type=positive_int, default=1, metavar="N",
+                   help="cuda backend: full-batch steps per graph replay, one host call for N steps (default 1)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="print a checkpoint's test accuracy")

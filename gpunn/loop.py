@@ -158,18 +158,26 @@ class GraphedStep:
         """Whether steps have run as CUDA graphs."""
         return bool(self.graphs)
 
-    def __call__(self, m: int) -> None:
-        graph = self.graphs.get(m)
+    def __call__(self, m: int, repeat: int = 1) -> None:
+        """``repeat`` steps of ``m`` rows, back to back: one graph replay (one host call) for all of
+        them once a graph of that many was captured (its key: ``m``, or ``(m, repeat)``)."""
+        key = m if repeat == 1 else (m, repeat)
+        graph = self.graphs.get(key)
         if graph is not None:
-            graph()  # the captured step: one host call
+            graph()  # the captured steps: one host call
             return
-        self._step(m)
-        if self.on:  # after one eager step of this size: compiled, allocated
-            self._capture(m)
+        for _ in range(repeat):
+            self._step(m)
+        if self.on:  # after the eager steps of this size: compiled, allocated
+            self._capture(key, m, repeat)
 
-    def _capture(self, m):
+    def _capture(self, key, m, repeat):
+        def steps():
+            for _ in range(repeat):
+                self._step(m)
+
         try:
-            self.graphs[m] = self.backend.capture(lambda: self._step(m))
+            self.graphs[key] = self.backend.capture(steps)
         except Exception as exc:  # no graphs here, or a driver or cuBLAS refusal: train on, eagerly
             self.on = False
             first = str(exc).splitlines()[0] if str(exc) else ""

@@ -87,6 +87,9 @@ def add_backend_options(p):
     p.add_argument("--version", action="append", metavar="OP=VERSION", dest="op_versions",
                    help="run OP as VERSION: one of gpunn's kernel versions (softmax=online, gemm=tiled, "
                         "softmax-cross-entropy=classifier) or yours, FILE.py:NAME (see gpunn.lab); repeatable")
+    p.add_argument("--precision", choices=("fp32", "tf32"), default=None,
+                   help="cuda backend: cuBLAS's GEMM arithmetic, FP32 (default: as the CPU reference) or TF32 "
+                        "tensor cores (faster, inputs rounded to 10 mantissa bits)")
     p.add_argument("--fused-step", action="store_true",
                    help="narrow networks (Dense layers at most 32 wide after the input, SGD, mse or "
                         "cross-entropy; the primer's): the whole step as one op, two kernels on a GPU")
@@ -211,13 +214,16 @@ def make_backend(args):
 
     name = check_backend_name(args.backend)
     gemm = getattr(args, "gemm", None)
+    precision = getattr(args, "precision", None)
     versions = op_versions(getattr(args, "op_versions", None))
-    if gemm:
+    if gemm or precision:
         chosen, why = auto_choice() if name == "auto" else (name, None)
         if chosen != "cuda":
-            raise GpunnError(f"--gemm {gemm} chooses the cuda backend's GEMM, but this run uses the {chosen} "
-                             f"backend{f' ({why})' if why else ''}; drop --gemm or use --backend cuda")
-        backend = get_backend(chosen, gemm=gemm)
+            option = f"--gemm {gemm}" if gemm else f"--precision {precision}"
+            raise GpunnError(f"{option} chooses the cuda backend's GEMM, but this run uses the {chosen} "
+                             f"backend{f' ({why})' if why else ''}; drop {option.split()[0]} or use --backend cuda")
+        backend = get_backend(chosen, **({"gemm": gemm} if gemm else {}),
+                              **({"precision": precision} if precision else {}))
     else:
         backend = get_backend(name)
     for op, version in versions.items():

@@ -200,7 +200,7 @@ def step_kernels(cfg, backend, fused_step=False) -> tuple[list | None, str]:
         except ImportError as exc:
             return None, f"not counted: the cuda path's kernels need Numba ({exc.name or exc}); pip install 'gpunn[sim]'"
         backend = CudaBackend(dry=True)
-        how = "planned: the cuda backend's default path run dry (nothing launched)"
+        how = "planned: the cuda backend's plans run dry, nothing launched"
     step = whole_step(synthetic_trainer(cfg, backend, fused_step=fused_step))
     with OpRecorder(backend, None) as rec:
         step()

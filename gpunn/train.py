@@ -229,6 +229,9 @@ class Trainer:
     #: the whole step as the one op ``narrow_step`` (two kernels on a GPU): for narrow networks (every
     #: layer after the input at most 32 wide, Dense layers, SGD); ValueError says why not otherwise
     fused_step: bool = False
+    #: full-batch steps per CUDA graph replay (one host call for that many steps; the loss is
+    #: still checked every 50 steps, and Ctrl-C stops after the replay in flight)
+    steps_per_graph: int = 1
     epoch: int = 0  # epochs completed
     step: int = 0  # steps completed within the current epoch
     history: list = field(default_factory=list)
@@ -268,6 +271,8 @@ class Trainer:
         self.steps_per_epoch = -(-n // cfg.batch_size)
         self.schedule = Schedule(cfg.lr_schedule, cfg.lr, cfg.epochs, self.steps_per_epoch, cfg.step_size, cfg.gamma)
         # the loop's state on the device, and its step as a CUDA graph (see gpunn.loop)
+        if not COUNT.ok(self.steps_per_graph):
+            raise ValueError(f"steps_per_graph must be a positive integer, got {self.steps_per_graph!r}")
         self.loop = DeviceLoop(be, self.train_x, self.train_y, cfg.batch_size, self.steps_per_epoch)
         on, note = graph_setting(be, self.graphs, self._say)
         if self.fused_step:
@@ -374,14 +379,16 @@ class Trainer:
         # overflow to inf/NaN is reported by _check_finite in one clear line: no NumPy warnings
         with np.errstate(over="ignore", invalid="ignore"):
             try:
-                for start, stop in slices[self.step:]:
+                while self.step < len(slices):
+                    start, stop = slices[self.step]
                     m = stop - start
-                    self.graphed(m)  # replayed as a CUDA graph where one was captured
+                    k = self._steps_now(slices, m)
+                    self.graphed(m, k)  # replayed as a CUDA graph where one was captured
                     if self.first_step_time is None:
                         self.first_step_time = time.time()
-                    self.step += 1
-                    seen += m
-                    if self.step % check_every == 0 or self.step == len(slices):
+                    before, self.step = self.step, self.step + k
+                    seen += m * k
+                    if self.step // check_every != before // check_every or self.step == len(slices):
                         loss_sum = self.loop.loss()
                         self._check_finite(loss_sum, self.last_rate())
                         if self.progress:
@@ -389,7 +396,7 @@ class Trainer:
                             bar.set_postfix(loss=f"{loss_sum / self.step:.4f}",
                                             acc=f"{100 * correct / min(n, self.step * cfg.batch_size):.2f}%",
                                             samples_s=f"{seen / max(time.perf_counter() - t0, 1e-9):,.0f}", refresh=False)
-                    bar.update(1)
+                    bar.update(k)
                     if self._stop_requested:
                         raise KeyboardInterrupt
                 be.synchronize()
@@ -408,6 +415,15 @@ class Trainer:
         self.epoch, self.step = self.epoch + 1, 0
         self.history.append(stats)
         return stats
+
+    def _steps_now(self, slices, m):
+        """How many steps of ``m`` rows the next call runs: ``steps_per_graph`` while that many full
+        batches remain, else one (a partial last batch, the epoch's tail, or eager steps)."""
+        k = self.steps_per_graph
+        if k == 1 or not self.graphs_on or self.step + k > len(slices):
+            return 1
+        last_start, last_stop = slices[self.step + k - 1]
+        return k if m == self.cfg.batch_size and last_stop - last_start == m else 1
 
     #: the signals that stop a run cleanly: Ctrl-C, and what timeout, Slurm, systemd and docker stop send
     STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

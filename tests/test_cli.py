@@ -83,6 +83,7 @@ def test_console_script_and_module_agree():
     (["--optimizer", "adam", "--momentum", "0.5"], "--momentum is SGD's option; this run's optimizer is adam"),
     (["--beta2", "0.9"], "--beta2 is Adam and AdamW's option; this run's optimizer is sgd"),
     (["--fused-step", "--train-samples", "100"], "the fused step cannot train this run: every layer must be at most 32 wide"),
+    (["--precision", "tf32"], "--precision tf32 chooses the cuda backend's GEMM, but this run uses the numpy backend"),
 ])
 def test_bad_options_give_one_line_and_exit_2(args, needle):
     r = gpunn("train", "--backend", "numpy", *args)

@@ -105,3 +105,29 @@ def test_a_full_mnist_epoch_on_the_gpu_reaches_the_cpu_accuracy(cuda_name, mnist
     gpu = trainer.run_epoch()
     assert trainer.graphs_used, f"the epoch ran without a CUDA graph: {trainer.graphs_note}"
     assert gpu.test_accuracy >= cpu.test_accuracy - 0.003
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_name", [p for p in CUDA_PARAMS if p.id == "cuda"])
+def test_tf32_is_cublas_tensor_core_arithmetic_and_trains_like_fp32(cuda_name):
+    """--precision tf32 on the device: a GEMM differs from FP32 by TF32's rounding (so the mode took
+    effect) and no more; a few training steps stay close to the FP32 reference."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((256, 784)).astype(np.float32), rng.standard_normal((784, 512)).astype(np.float32)
+    got = {}
+    for precision in ("fp32", "tf32"):
+        be = make_backend(cuda_name, precision=precision)
+        out = be.zeros((256, 512))
+        be.gemm(be.asarray(a), be.asarray(b), out)
+        got[precision] = be.to_numpy(out)
+    want = a.astype(np.float64) @ b
+    err = {p: np.abs(g - want).max() / np.abs(want).max() for p, g in got.items()}
+    assert err["fp32"] < 1e-5 < err["tf32"] < 1e-2, err
+    ref = trainer("numpy", "relu-xent-momentum")
+    dut = trainer(make_backend(cuda_name, precision="tf32"), "relu-xent-momentum")
+    for step in range(3):
+        sl = slice(16 * step, 16 * step + 16)
+        ref.train_step(ref.train_x[sl], ref.train_y[sl], 0.1)
+        dut.train_step(dut.train_x[sl], dut.train_y[sl], 0.1)
+    for a, b in zip(ref.model.params, dut.model.params):
+        np.testing.assert_allclose(dut.backend.to_numpy(b), a, rtol=2e-2, atol=2e-3)

@@ -88,6 +88,25 @@ def test_replayed_steps_train_exactly_like_eager_steps(net):
     assert_same_training(graph, eager)
 
 
+@pytest.mark.parametrize("net", ["relu-xent-nesterov-cosine", "gelu-adamw-dropout"])
+def test_several_steps_in_one_graph_train_exactly_like_eager_steps(net):
+    """steps_per_graph=4: one replay runs four full-batch steps (each reads its batch and rate at the
+    device's cursor); the partial last batch keeps its own one-step graph. The same training."""
+    graph = fitted(RecordingBackend(), net, steps_per_graph=4)
+    eager = fitted(NumpyBackend(), net)
+    be = graph.backend
+    # 21 full batches an epoch: 5 calls of 4 (the first of the run eager, then captured), the 21st on its
+    # own (too few left for 4), then the partial last batch: each shape's first eager, then captured
+    assert set(graph.graphed.graphs) == {(32, 4), 32, 13} and be.captures == 3
+    assert be.replays == (5 - 1) + 5 + (1 - 1) + 1 + (1 - 1) + 1
+    assert_same_training(graph, eager)
+
+
+def test_steps_per_graph_must_be_a_positive_integer():
+    with pytest.raises(ValueError, match="steps_per_graph must be a positive integer, got 0"):
+        fitted(RecordingBackend(), "relu-xent-nesterov-cosine", steps_per_graph=0)
+
+
 def test_a_failed_capture_trains_on_eagerly_and_says_why():
     said = []
     t = fitted(FailingCaptureBackend(), "relu-xent-nesterov-cosine", notice=said.append)

@@ -25,6 +25,10 @@ import numpy as np
 #: The cuda backend's GEMMs: cuBLAS (this module) or gpunn's tiled kernel (gpunn.kernels.gemm).
 #: Here, not in cuda_backend.py, so that the command line can offer them without Numba.
 GEMM_IMPLEMENTATIONS = ("cublas", "numba")
+#: cuBLAS's arithmetic for float32 GEMMs: FP32 (the default: what the CPU reference computes) or
+#: TF32 tensor cores (inputs rounded to a 10-bit mantissa, FP32 accumulation), as cuBLAS's math
+#: modes CUBLAS_DEFAULT_MATH and CUBLAS_TF32_TENSOR_OP_MATH
+PRECISIONS = {"fp32": 0, "tf32": 3}
 
 OP_N, OP_T = 0, 1  # cublasOperation_t
 #: cuBLAS's recommended user workspace on Hopper (and enough for every earlier GPU)
@@ -70,6 +74,7 @@ class Cublas:
         self._cupy = cupy
         self._workspaces = {}  # stream -> its workspace: GEMMs on two streams may run at once
         self._stream = None
+        self._math = PRECISIONS["fp32"]  # a new handle's math mode
         # alpha = 1; beta = 0 (overwrite) or 1 (accumulate): host scalars, alive as long as the handle
         self._scalars = np.array([1.0, 0.0, 1.0], dtype=np.float32)
         base = self._scalars.ctypes.data
@@ -90,9 +95,18 @@ class Cublas:
             self._cublas.set_workspace(self.handle, self.workspace(stream).data.ptr, WORKSPACE_BYTES)
             self._stream = stream
 
-    def gemm(self, stream, a, b, out, trans_a, trans_b, accumulate) -> None:
+    def use_precision(self, precision: str) -> None:
+        """The next calls' arithmetic (:data:`PRECISIONS`): the handle's math mode, set when it changes
+        (the handle is the device's, shared by every backend)."""
+        mode = PRECISIONS[precision]
+        if mode != self._math:
+            self._cublas.set_math_mode(self.handle, mode)
+            self._math = mode
+
+    def gemm(self, stream, a, b, out, trans_a, trans_b, accumulate, precision="fp32") -> None:
         """``out = op(a) @ op(b)`` (``+ out`` with accumulate), float32, C-contiguous, on ``stream``."""
         self.use_stream(stream)
+        self.use_precision(precision)
         transa, transb, m, n, k, lda, ldb, ldc = sgemm_arguments(a.shape, b.shape, bool(trans_a), bool(trans_b))
         self._cublas.sgemm(self.handle, transa, transb, m, n, k, self._alpha, b.data.ptr, lda, a.data.ptr, ldb,
                            self._beta[bool(accumulate)], out.data.ptr, ldc)

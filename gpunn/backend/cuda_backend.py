@@ -38,7 +38,7 @@ from numba import cuda
 
 from gpunn.backend import ops
 from gpunn.backend.base import Backend
-from gpunn.backend.cublas import GEMM_IMPLEMENTATIONS
+from gpunn.backend.cublas import GEMM_IMPLEMENTATIONS, PRECISIONS
 from gpunn.backend.cuda_launch import Launcher, stream_arg
 from gpunn.backend.numpy_backend import NumpyBackend
 from gpunn.env import cache_dir, numba_numpy_problem, simulator_on
@@ -131,10 +131,17 @@ class CudaBackend(Backend):
     name = "cuda"
 
     def __init__(self, gemm: str = "cublas", threads: int | None = None, max_blocks: int | None = None,
-                 versions: dict | None = None, dry: bool = False):
+                 versions: dict | None = None, dry: bool = False, precision: str = "fp32"):
         if gemm not in GEMM_IMPLEMENTATIONS:
             raise ValueError(f"gemm must be one of {', '.join(GEMM_IMPLEMENTATIONS)}, got {gemm!r}")
-        self.gemm_impl = gemm
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision != "fp32" and gemm != "cublas":
+            raise ValueError(f"precision {precision} is cuBLAS's tensor-core arithmetic; gpunn's GEMM (gemm={gemm}) "
+                             "computes in FP32")
+        if precision != "fp32" and simulator_on() and not dry:
+            raise ValueError(f"precision {precision} needs cuBLAS on a GPU; the simulator's GEMM is NumPy's (FP32)")
+        self.gemm_impl, self.precision = gemm, precision
         self.threads = check_pow2_threads(threads or ROW_THREADS)
         self.elementwise_threads = min(self.threads, ELEMENTWISE_THREADS)
         self.max_blocks = max_blocks
@@ -169,6 +176,9 @@ class CudaBackend(Backend):
             self.use_version(op, version)
 
     def _use_named_version(self, record, version):
+        if record.name == "gemm" and self.precision != "fp32":
+            raise ValueError(f"gemm={version}: gpunn's GEMM versions compute in FP32, this backend's precision is "
+                             f"{self.precision} (cuBLAS's)")
         self._plans[record.name] = kernel_versions(record.name)[version].plan
         if record.name == "gemm":
             self.gemm_impl = "numba"  # a gpunn GEMM version chosen: it replaces cuBLAS
@@ -216,7 +226,7 @@ class CudaBackend(Backend):
         self._capture_stream = self._side_stream = None
 
         def blas_gemm(a, b, out, trans_a, trans_b, accumulate):
-            self._cublas.gemm(self._current_stream(), a, b, out, trans_a, trans_b, accumulate)
+            self._cublas.gemm(self._current_stream(), a, b, out, trans_a, trans_b, accumulate, self.precision)
 
         self._blas_gemm = blas_gemm
 
@@ -287,7 +297,8 @@ class CudaBackend(Backend):
             self._branched = False
 
     def describe(self) -> str:
-        gemm_name = {"cublas": "numpy matmul" if self.simulated else "cuBLAS",
+        gemm_name = {"cublas": "numpy matmul" if self.simulated else
+                     "cuBLAS" + (" TF32 tensor cores" if self.precision == "tf32" else ""),
                      "numba": f"gpunn {self.versions_in_use.get('gemm', 'blocked')}"}[self.gemm_impl]
         chosen = "".join(f"; {op}: {v}" for op, v in self.versions_in_use.items() if op != "gemm")
         if self.dry:

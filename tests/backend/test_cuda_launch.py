@@ -158,6 +158,43 @@ def test_row_major_gemm_as_a_column_major_sgemm(m, k, n, trans_a, trans_b):
         np.testing.assert_allclose(out, want + beta * out0, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
 
+def test_the_precision_is_the_handles_math_mode_set_when_it_changes():
+    """--precision tf32 is cuBLAS's TF32 tensor-op math mode on the shared handle, set only when the
+    precision changes (FP32 again for the next FP32 call); the SGEMM itself is the same call."""
+    from gpunn.backend.cublas import PRECISIONS, Cublas
+
+    calls = []
+
+    class Binding:  # nvmath.bindings.cublas, as far as Cublas.gemm calls it
+        def set_math_mode(self, handle, mode):
+            calls.append(("math", mode))
+
+        def set_stream(self, handle, stream):
+            calls.append(("stream", stream))
+
+        def set_workspace(self, handle, ptr, size):
+            pass
+
+        def sgemm(self, handle, *args):
+            calls.append(("sgemm",))
+
+    class Buf:
+        class data:  # noqa: N801 - CuPy's attribute name
+            ptr = 0
+
+        def __init__(self, shape):
+            self.shape = shape
+
+    blas = object.__new__(Cublas)
+    blas._cublas, blas.handle, blas._stream, blas._math = Binding(), 1, None, PRECISIONS["fp32"]
+    blas._workspaces, blas._alpha, blas._beta = {7: Buf((8,))}, 0, (0, 0)
+    a, b, out = Buf((4, 3)), Buf((3, 2)), Buf((4, 2))
+    for precision in ("fp32", "tf32", "tf32", "fp32"):
+        blas.gemm(7, a, b, out, False, False, False, precision)
+    assert calls == [("stream", 7), ("sgemm",), ("math", 3), ("sgemm",), ("sgemm",), ("math", 0), ("sgemm",)]
+    assert PRECISIONS == {"fp32": 0, "tf32": 3}  # CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH
+
+
 # ---------------------------------------------------------------------------- the kernel cache on disk
 class FakeCompiled:
     entry_name = "_Z6kernelPf"

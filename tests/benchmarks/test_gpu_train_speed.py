@@ -17,7 +17,7 @@ from mnist_data import mnist_dir, needs_mnist
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_train_speed.py"
-CONTESTANTS = ("gpunn", "gpunn_eager", "gpunn_fused", "torch_eager", "torch_graph")
+CONTESTANTS = ("gpunn", "gpunn_eager", "gpunn_fused", "gpunn_tf32", "torch_eager", "torch_graph")
 
 
 def run(*args, env=None):

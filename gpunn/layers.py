@@ -160,13 +160,11 @@ class Dense(Layer):
         y = self._buffer("y", x.shape[0], self.out_features)
         if self._grad_from_input:                                    # the backward reads z = x W + b
             z = self._buffer("z", x.shape[0], self.out_features)
-            be.unchecked.gemm(x, self.W, z, trans_a=False, trans_b=False, accumulate=False)
-            be.unchecked.bias_act(z, self.b, "identity", z)
+            be.unchecked.linear(x, self.W, self.b, "identity", z)
             be.unchecked.bias_act(z, None, self.activation, y)
             self._saved = z
         else:
-            be.unchecked.gemm(x, self.W, y, trans_a=False, trans_b=False, accumulate=False)  # (N,in) @ (in,out)
-            be.unchecked.bias_act(y, self.b, self.activation, y)     # act(· + b), in place
+            be.unchecked.linear(x, self.W, self.b, self.activation, y)  # act((N,in) @ (in,out) + b)
             self._saved = y
         self._x, self._y = x, y
         return y

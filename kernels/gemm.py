@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, float32, int32, void
 
+from .bias_act import ACT_CODES, activate
 from .launch import F0, MAX_GRID_YZ, KernelSpec, Version, cdiv, clamp_grid
 
 TILE = 32  # out tile is TILE x TILE; K is consumed TILE at a time
@@ -104,42 +105,75 @@ def gemm_tiled_kernel(a, b, out, trans_a, trans_b, accumulate):
                 out[row, col] = acc
 
 
+@cuda.jit(device=True)
+def blocked_tile(a_tile, b_tile, acc, a, b, trans_a, trans_b, row0, col0, m, n, k_dim):
+    """Version 3's work on one 32x32 tile of out: ``acc[i]`` (this thread's 4 rows of its column)
+    ``= Σ_k op(a)[row, k] op(b)[k, col]``, a 32-wide slice of K at a time through the shared tiles.
+    All threads of the block call it (it has barriers)."""
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    for i in range(ROWS_PER_THREAD):
+        acc[i] = F0
+    for k0 in range(0, k_dim, TILE):
+        for i in range(ROWS_PER_THREAD):
+            r = ty + i * LANES
+            stage(a_tile, a, trans_a, r, row0, k0, m, k_dim)  # a_tile = op(a)[row0:, k0:]
+            stage(b_tile, b, trans_b, r, k0, col0, k_dim, n)  # b_tile = op(b)[k0:, col0:]
+        cuda.syncthreads()
+        for k in range(TILE):
+            bv = b_tile[k, tx]
+            for i in range(ROWS_PER_THREAD):
+                acc[i] += a_tile[ty + i * LANES, k] * bv
+        cuda.syncthreads()
+
+
 @cuda.jit
 def gemm_kernel(a, b, out, trans_a, trans_b, accumulate):
     """Tiled ``out = op(a) @ op(b) [+ out]``; launch with ``launch_config(M, N)``."""
     a_tile = cuda.shared.array((TILE, PADDED), float32)  # a_tile[i, k] = op(a)[row0 + i, k0 + k]
     b_tile = cuda.shared.array((TILE, PADDED), float32)  # b_tile[k, j] = op(b)[k0 + k, col0 + j]
     acc = cuda.local.array(ROWS_PER_THREAD, float32)
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
     m, n = out.shape
     k_dim = a.shape[0] if trans_a else a.shape[1]
     for tile_m in range(cuda.blockIdx.y, (m + TILE - 1) // TILE, cuda.gridDim.y):
         for tile_n in range(cuda.blockIdx.x, (n + TILE - 1) // TILE, cuda.gridDim.x):
-            row0 = tile_m * TILE
-            col0 = tile_n * TILE
-            for i in range(ROWS_PER_THREAD):
-                acc[i] = F0
-            for k0 in range(0, k_dim, TILE):
-                for i in range(ROWS_PER_THREAD):
-                    r = ty + i * LANES
-                    stage(a_tile, a, trans_a, r, row0, k0, m, k_dim)  # a_tile = op(a)[row0:, k0:]
-                    stage(b_tile, b, trans_b, r, k0, col0, k_dim, n)  # b_tile = op(b)[k0:, col0:]
-                cuda.syncthreads()
-                for k in range(TILE):
-                    bv = b_tile[k, tx]
-                    for i in range(ROWS_PER_THREAD):
-                        acc[i] += a_tile[ty + i * LANES, k] * bv
-                cuda.syncthreads()
-            col = col0 + tx
+            row0, col0 = tile_m * TILE, tile_n * TILE
+            blocked_tile(a_tile, b_tile, acc, a, b, trans_a, trans_b, row0, col0, m, n, k_dim)
+            col = col0 + cuda.threadIdx.x
             if col < n:
                 for i in range(ROWS_PER_THREAD):
-                    row = row0 + ty + i * LANES
+                    row = row0 + cuda.threadIdx.y + i * LANES
                     if row < m:
                         v = acc[i]
                         if accumulate:
                             v += out[row, col]
                         out[row, col] = v
+
+
+@cuda.jit
+def gemm_bias_act_kernel(x, w, out, bias, has_bias, act):
+    """Version 3 with the ``linear`` op's epilogue: ``out = act(x @ w + bias)``, the bias and the
+    activation applied to each output in registers before its one store: a layer's forward in one
+    kernel instead of a GEMM and a ``bias_act``, the same float32 operations in the same order.
+    Its own kernel, so that the plain GEMM keeps its registers (the activations' code costs ~9)."""
+    a_tile = cuda.shared.array((TILE, PADDED), float32)
+    b_tile = cuda.shared.array((TILE, PADDED), float32)
+    acc = cuda.local.array(ROWS_PER_THREAD, float32)
+    m, n = out.shape
+    k_dim = x.shape[1]
+    for tile_m in range(cuda.blockIdx.y, (m + TILE - 1) // TILE, cuda.gridDim.y):
+        for tile_n in range(cuda.blockIdx.x, (n + TILE - 1) // TILE, cuda.gridDim.x):
+            row0, col0 = tile_m * TILE, tile_n * TILE
+            blocked_tile(a_tile, b_tile, acc, x, w, 0, 0, row0, col0, m, n, k_dim)
+            col = col0 + cuda.threadIdx.x
+            if col < n:
+                for i in range(ROWS_PER_THREAD):
+                    row = row0 + cuda.threadIdx.y + i * LANES
+                    if row < m:
+                        v = acc[i]
+                        if has_bias:
+                            v += bias[col]
+                        out[row, col] = activate(v, act)
 
 
 def launch_config(m: int, n: int, max_blocks: int | None = None):
@@ -173,6 +207,13 @@ def _plan_blocked(ctx, a, b, out, trans_a, trans_b, accumulate):
              _flags(a, b, out, trans_a, trans_b, accumulate))]
 
 
+def linear_plan(ctx, x, w, bias, act, out):
+    """The ``linear`` op's one launch, ``out = act(x @ w + bias)``: version 3 with its epilogue."""
+    return [("gemm_bias_act", gemm_bias_act_kernel, *launch_config(*out.shape, ctx.max_blocks),
+             (x, w, out, ctx.workspace(("gemm", "no_bias"), (1,)) if bias is None else bias,
+              np.int32(bias is not None), np.int32(ACT_CODES[act])))]
+
+
 #: The versions of this family's op, in the order of its record (cuBLAS is the built-in beside them).
 VERSIONS = {"gemm": (
     Version("naive", "one thread per output from global memory: 2 loads per multiply-add", _plan_naive),
@@ -182,9 +223,12 @@ VERSIONS = {"gemm": (
 )}
 
 SIGNATURES = [void(float32[:, ::1], float32[:, ::1], float32[:, ::1], int32, int32, int32)]
+SIGNATURES_EPILOGUE = [void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[::1], int32, int32)]
 
 KERNELS = (
     KernelSpec("gemm_naive", gemm_naive_kernel, tuple(SIGNATURES), SMALL * SMALL, 0, "gemm"),
     KernelSpec("gemm_tiled", gemm_tiled_kernel, tuple(SIGNATURES), SMALL * SMALL, 2 * 4 * SMALL * SMALL_PADDED, "gemm"),
     KernelSpec("gemm", gemm_kernel, tuple(SIGNATURES), TILE * LANES, 2 * 4 * TILE * PADDED, "gemm"),
+    KernelSpec("gemm_bias_act", gemm_bias_act_kernel, tuple(SIGNATURES_EPILOGUE), TILE * LANES,
+               2 * 4 * TILE * PADDED, "linear"),
 )

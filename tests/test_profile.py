@@ -179,8 +179,8 @@ def test_step_profile_counts_calls_and_shares_add_up():
     rows = prof.rows()
     calls = {op: sum(r["calls"] for r in rows if r["op"] == op) for op in {r["op"] for r in rows}}
     layers = len(SMALL.hidden) + 1
-    # forward: one gemm per layer; backward: dW per layer and dX for all but the first
-    assert calls["gemm"] == layers + layers + (layers - 1)
+    # forward: one linear (GEMM, bias, activation) per layer; backward: dW per layer and dX for all but the first
+    assert calls["linear"] == layers and calls["gemm"] == layers + (layers - 1)
     # the optimizer updates every parameter (one op per array, or one over a flat copy of all of them)
     updated = sum(int(np.prod(r["shapes"][0])) * r["calls"] for r in rows if r["op"] == "sgd_update")
     assert updated >= sum(int(np.prod(p.shape)) for p in synthetic_trainer(SMALL, NumpyBackend()).model.params)

@@ -163,6 +163,10 @@ class Backend(abc.ABC):
     def bias_act(self, x, bias, act, out):
         self.unchecked.bias_act(*OPS["bias_act"].check(self, x, bias, act, out))
 
+    @_documented(OPS["linear"])
+    def linear(self, x, w, bias, act, out):
+        self.unchecked.linear(*OPS["linear"].check(self, x, w, bias, act, out))
+
     @_documented(OPS["act_backward"])
     def act_backward(self, s, dy, act, out):
         self.unchecked.act_backward(*OPS["act_backward"].check(self, s, dy, act, out))
@@ -278,6 +282,9 @@ class Unchecked:
 
     def bias_act(self, x, bias, act, out):
         self.impl._bias_act(x, bias, act, out)
+
+    def linear(self, x, w, bias, act, out):
+        self.impl._linear(x, w, bias, act, out)
 
     def act_backward(self, s, dy, act, out):
         self.impl._act_backward(s, dy, act, out)

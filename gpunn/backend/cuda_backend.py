@@ -49,6 +49,7 @@ from gpunn.kernels import (
     adam,
     dropout,
     batch,
+    gemm,
     bias_act,
     bias_grad,
     count_correct,
@@ -385,6 +386,14 @@ class CudaBackend(Backend):
             *bias_act.launch_config(*x.shape, self.elementwise_threads, self.max_blocks),
             (x.reshape(-1), self._dummy if bias is None else bias, out.reshape(-1), i32(bias_act.ACT_CODES[act]),
              i32(bias is not None)))])
+
+    def _linear(self, x, w, bias, act, out):
+        if self.gemm_impl == "numba" and self._plans["gemm"] is kernel_versions("gemm")["blocked"].plan \
+                and "_gemm" not in self.__dict__:  # gpunn's blocked GEMM: the bias and activation in its epilogue
+            self._queue("linear", (x, w, bias, act, out), lambda: gemm.linear_plan(self, x, w, bias, act, out))
+            return
+        self._gemm(x, w, out, False, False, False)  # cuBLAS (or another GEMM version, or yours), then bias_act
+        self._bias_act(out, bias, act, out)
 
     def _act_backward(self, s, dy, act, out):
         self._queue("act_backward", (s, dy, act, out), lambda: [(

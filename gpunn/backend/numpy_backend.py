@@ -135,6 +135,11 @@ class NumpyBackend(Backend):
     def _bias_grad(self, dy, out):
         np.dot(self._ones(dy.shape[0]), dy, out=out)
 
+    # a dense layer's forward: the two ops, in order
+    def _linear(self, x, w, bias, act, out):
+        self._gemm(x, w, out, False, False, False)
+        self._bias_act(out, bias, act, out)
+
     # dz = dy * act'(z); db = column sums of dz: the two ops above, in order
     def _act_bias_backward(self, s, dy, act, dz, db):
         self._act_backward(s, dy, act, dz)

@@ -75,6 +75,13 @@ def bias_act_cost(n: int, d: int, act: str, has_bias: bool = True) -> Cost:
     return Cost(flops, F32 * (2 * n * d + (d if has_bias else 0)))
 
 
+def linear_cost(n: int, d: int, k: int, act: str, has_bias: bool) -> Cost:
+    """``out (N,D) = act(x (N,K) @ w (K,D) + bias)``: the GEMM's FLOPs and the epilogue's; reads x, w
+    (and bias), writes out once (the bias and activation are applied before the store)."""
+    flops = 2 * n * d * k + n * d * ((1 if has_bias else 0) + ACTIVATION_RECORDS[act].forward_flops)
+    return Cost(flops, F32 * (n * k + k * d + n * d + (d if has_bias else 0)))
+
+
 def act_backward_cost(n: int, d: int, act: str) -> Cost:
     """``out (N,D) = dy * act'(s)``: reads s (the saved output or input) and dy, writes out."""
     return Cost(n * d * (1 + ACTIVATION_RECORDS[act].backward_flops), F32 * 3 * n * d)
@@ -295,6 +302,23 @@ def bias_act(backend, x, bias, act, out):
         array("bias_act", "bias", bias, shape=(x.shape[1],), dtype=backend.dtype, backend=backend)
     array("bias_act", "out", out, shape=x.shape, dtype=backend.dtype, backend=backend)
     return x, bias, act, out
+
+
+@_op(cost=lambda x, w, bias, act, **_: linear_cost(x.shape[0], w.shape[1], x.shape[1], act, bias is not None),
+     variant=lambda bias, act, **_: act if bias is not None else f"{act}, no bias")
+def linear(backend, x, w, bias, act, out):
+    """``out = act(x @ w + bias)``, a dense layer's forward: x (N,K), w (K,D), bias (D,) or None,
+    out (N,D) (not x).  Defined as ``gemm`` then ``bias_act``; on a GPU gpunn's GEMM (``--gemm
+    numba``, version ``blocked``) does it in one kernel, cuBLAS in two."""
+    _check_act("linear", act)
+    array("linear", "x", x, ndim=2, dtype=backend.dtype, backend=backend)
+    array("linear", "w", w, ndim=2, dtype=backend.dtype, backend=backend)
+    if w.shape[0] != x.shape[1]:
+        raise ShapeError(f"linear: w must have {x.shape[1]} rows (x's columns), got shape {tuple(w.shape)}")
+    if bias is not None:
+        array("linear", "bias", bias, shape=(w.shape[1],), dtype=backend.dtype, backend=backend)
+    array("linear", "out", out, shape=(x.shape[0], w.shape[1]), dtype=backend.dtype, backend=backend)
+    return x, w, bias, act, out
 
 
 @_op(cost=lambda s, act, **_: act_backward_cost(*s.shape, act), variant=lambda act, **_: act)

@@ -426,6 +426,33 @@ def test_gather_batch_and_advance_step_check_their_arguments(backend):
         be.sgd_update(be.zeros((3,)), be.zeros((3,)), None, be.zeros((2,)))
 
 
+# ---------------------------------------------------------------------------- a dense layer's forward
+@pytest.mark.parametrize("act", ["identity", "relu", "sigmoid", "gelu"])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("n, k, d", [(1, 1, 1), (33, 37, 31), (5, 784, 10)], ids=str)
+def test_linear(backend, act, with_bias, n, k, d):
+    """``act(x @ w + bias)``: on gpunn's GEMM one kernel (its epilogue), on cuBLAS two; every tile
+    edge ragged."""
+    rng = rng_for("linear", act, with_bias, n, k, d)
+    arrays = dict(x=normal(rng, (n, k)), w=normal(rng, (k, d), 1 / np.sqrt(k)), out=nan((n, d)))
+    if with_bias:
+        arrays["b"] = normal(rng, (d,))
+    check(backend, lambda be, a: be.linear(a["x"], a["w"], a.get("b"), act, a["out"]), **arrays)
+
+
+def test_linear_checks_its_arguments(backend):
+    from gpunn.errors import ShapeError
+
+    be = backend
+    x, w, out = be.zeros((4, 3)), be.zeros((3, 2)), be.zeros((4, 2))
+    with pytest.raises(ShapeError, match=r"linear: w must have 3 rows \(x's columns\), got shape \(2, 2\)"):
+        be.linear(x, be.zeros((2, 2)), None, "relu", out)
+    with pytest.raises(ShapeError, match="linear: out must have shape"):
+        be.linear(x, w, None, "relu", be.zeros((4, 3)))
+    with pytest.raises(ValueError, match="linear: unknown activation 'swish'"):
+        be.linear(x, w, None, "swish", out)
+
+
 # ---------------------------------------------------------------------------- the narrow step
 NARROW_NETS = {  # widths, activations, loss, momentum, weight decay, Nesterov; rows of 120 examples
     "primer-like": ((13, 7, 5, 4), ("sigmoid", "tanh", "sigmoid"), "mse", 0.9, 1e-3, True),

@@ -47,6 +47,7 @@ def every_op(be, rng):
     be.gemm(x, w, out)
     be.gemm(x, out, np.empty((7, 3), np.float32), trans_a=True)
     be.gemm(out, w, np.empty((5, 7), np.float32), trans_b=True, accumulate=True)
+    be.linear(x, w, b, "relu", out)  # gpunn's GEMM with its epilogue (the simulator's options: gemm="numba")
     be.bias_act(out, b, "relu", out)
     be.bias_act(out, None, "sigmoid", out)
     be.act_backward(out, g, "tanh", g)

@@ -15,12 +15,14 @@ NETS = {
     "small": dict(hidden=(16, 16), activation="sigmoid", output_activation="sigmoid", loss="mse",
                   batch_size=100, lr=6.0, momentum=0.0, nesterov=False, lr_schedule="cosine"),
 }
-CONTESTANTS = ("gpunn", "gpunn_eager", "gpunn_fused", "gpunn_tf32", "torch_eager", "torch_graph")
+CONTESTANTS = ("gpunn", "gpunn_eager", "gpunn_fused", "gpunn_own_gemm", "gpunn_tf32", "torch_eager",
+               "torch_graph")
 #: gpunn's contestants: (name, CUDA graphs, the cuda backend's options, --fused-step where the net allows).
-#: ``gpunn_fused`` and ``gpunn_tf32`` are what is still behind an option (issue 18), each the default
-#: (TF32: an option beside FP32) once a GPU says it wins
+#: ``gpunn_fused``, ``gpunn_own_gemm`` and ``gpunn_tf32`` are what is still behind an option (issue 18),
+#: each the default (TF32: an option beside FP32) once a GPU says it wins
 GPUNN_RUNS = (("gpunn", True, {}, False), ("gpunn_eager", False, {}, False),
               ("gpunn_fused", True, {"versions": {"softmax_cross_entropy": "classifier"}}, True),
+              ("gpunn_own_gemm", True, {"gemm": "numba", "versions": {"softmax_cross_entropy": "classifier"}}, False),
               ("gpunn_tf32", True, {"precision": "tf32"}, False))
 
 

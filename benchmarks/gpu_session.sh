@@ -49,6 +49,8 @@ TAIL=30 part profile 90 python3 -m gpunn profile --backend cuda --reps 50 --json
 # issue 18: the kernels per step and a graph replay's time of the fused paths (each behind its option)
 TAIL=12 part profile-classifier 60 python3 -m gpunn profile --backend cuda --reps 50 \
     --version softmax-cross-entropy=classifier --json "$OUT/profile_classifier.json"
+TAIL=12 part profile-own-gemm 60 python3 -m gpunn profile --backend cuda --reps 50 --gemm numba \
+    --version softmax-cross-entropy=classifier --json "$OUT/profile_own_gemm.json"
 TAIL=12 part profile-tf32 60 python3 -m gpunn profile --backend cuda --reps 50 --precision tf32 \
     --json "$OUT/profile_tf32.json"
 PRIMER="--hidden 16,16 --activation sigmoid --output-activation sigmoid --loss mse --batch-size 100 --lr 6 --momentum 0 --no-nesterov"

@@ -15,14 +15,18 @@ Two networks, as in the issue:
 * ``small``: the primer's 784-16-16-10 sigmoid (sigmoid output), MSE, batch 100, plain SGD lr 6.0,
              cosine (as ``examples/seed_network.py``).
 
-The cosine schedule spans the benchmark's ``--epochs``.  Six contestants train each network:
+The cosine schedule spans the benchmark's ``--epochs``.  Seven contestants train each network:
 
 1. ``gpunn``       -- ``Trainer(backend="cuda", graphs=True)``: each full-batch step one CUDA graph replay;
 2. ``gpunn_eager`` -- the same with ``graphs=False``: every kernel launched from the host;
 2b. ``gpunn_fused`` -- ``gpunn`` with the fusions still behind an option (issue 18): the classifier's
                       loss, count and both gradients in 2 launches, and ``--fused-step`` (the whole step
                       as 2 kernels) where the network is narrow (``small``); the default once it wins here;
-2c. ``gpunn_tf32``  -- ``gpunn`` with ``--precision tf32``: cuBLAS's TF32 tensor cores for every GEMM (its
+2c. ``gpunn_own_gemm`` -- ``gpunn`` with gpunn's GEMM (``--gemm numba``) and the classifier: the bias and
+                      activation in the forward GEMM's epilogue, each backward but the first layer's one
+                      kernel (``gemm_backward``): the default network's step in 10 kernels, against
+                      cuBLAS's faster GEMMs in 19;
+2d. ``gpunn_tf32``  -- ``gpunn`` with ``--precision tf32``: cuBLAS's TF32 tensor cores for every GEMM (its
                       accuracy is in the table beside FP32's);
 3. ``torch_eager`` -- the idiomatic PyTorch loop on the GPU (``torch.optim.SGD``, default foreach update,
                       the step's rate set in the param group);
@@ -121,7 +125,7 @@ def targets(results):
     big = spe("big", "gpunn")
     launch, startup = results.get("launch_us") or {}, results.get("startup_s") or {}
     per_contestant = []
-    for c in ("gpunn", "gpunn_fused", "gpunn_tf32"):
+    for c in ("gpunn", "gpunn_fused", "gpunn_own_gemm", "gpunn_tf32"):
         per_contestant += [
             (f"big: {c} s/epoch", spe("big", c), BIG_S_PER_EPOCH, " s"),
             (f"big: {c} / torch_graph", ratio(spe("big", c), spe("big", "torch_graph")), VS_TORCH_GRAPH, "×"),

@@ -124,6 +124,7 @@ class Dense(Layer):
     """
 
     param_names, grad_names = ("W", "b"), ("dW", "db")
+    _folded = False  # the layer above took its input gradient through this layer's activation (see backward)
 
     def __init__(self, in_features, out_features, activation="identity", *, backend=None, rng=None):
         super().__init__(backend)
@@ -169,27 +170,39 @@ class Dense(Layer):
         self._x, self._y = x, y
         return y
 
-    def backward(self, dy, bias_grad_done=False):
-        """dx from dy (None for a model's first layer), with dW and db; ``bias_grad_done``: db was
-        already written by whoever made dy (a loss that sums its gradient: see
-        ``Sequential.output_bias_grad``), so only an identity layer's dW and dx are left."""
+    def backward(self, dy, bias_grad_done=False, below=None):
+        """dx from dy (None for a model's first layer), with dW and db.
+
+        ``bias_grad_done``: dy is already the gradient of this layer's pre-activation ``x W + b`` and
+        db is written, by a loss that sums its gradient (see ``Sequential.output_bias_grad``; then
+        the layer is an identity one) or by the layer above, which took its input gradient through
+        this layer's activation (``below``, next).  ``below``: the Dense layer whose output is this
+        layer's input: the input gradient is then taken through below's activation, with below's
+        bias gradient summed, in the same op as this layer's dW (``linear_backward``: one kernel
+        with gpunn's GEMM, the unfused three with cuBLAS), and what this returns is below's
+        pre-activation gradient, for ``below.backward(..., bias_grad_done=True)``."""
         self._check_grad(dy, self.out_features)
         be, n = self.backend, dy.shape[0]
         dz = dy
         if bias_grad_done:
-            if self.activation != "identity":
+            if self.activation != "identity" and not self._folded:
                 raise ValueError(f"{self}: its bias gradient is not dy's row sum (the activation comes between)")
-            with be.branch():
-                be.unchecked.gemm(self._x, dz, self.dW, trans_a=True, trans_b=False, accumulate=False)  # dW = xᵀ dz
+            self._folded = False
         elif self.activation != "identity":                            # dz = dy * act'(z); db = Σ_rows dz
             dz = self._buffer("dz", n, self.out_features)
             be.unchecked.act_bias_backward(self._saved, dy, self.activation, dz, self.db)
-            with be.branch():                                        # (may run beside dx; see Backend.branch)
-                be.unchecked.gemm(self._x, dz, self.dW, trans_a=True, trans_b=False, accumulate=False)  # dW = xᵀ dz
-        else:
+        elif below is not None:
             with be.branch():
                 be.unchecked.bias_grad(dz, self.db)                  # db = Σ_rows dz
-                be.unchecked.gemm(self._x, dz, self.dW, trans_a=True, trans_b=False, accumulate=False)  # dW = xᵀ dz
+        if below is not None and self.needs_input_grad:              # dW, and dx through below's activation
+            dx = self._buffer("dx", n, self.in_features)
+            be.unchecked.linear_backward(self._x, dz, self.W, self.dW, dx, below._saved, below.activation, below.db)
+            below._folded = True
+            return dx
+        with be.branch():                                            # (may run beside dx; see Backend.branch)
+            if not bias_grad_done and self.activation == "identity":
+                be.unchecked.bias_grad(dz, self.db)                  # db = Σ_rows dz
+            be.unchecked.gemm(self._x, dz, self.dW, trans_a=True, trans_b=False, accumulate=False)  # dW = xᵀ dz
         if not self.needs_input_grad:
             return None
         dx = self._buffer("dx", n, self.in_features)
@@ -471,9 +484,15 @@ class Sequential:
     def backward(self, dy, output_bias_grad_done=False):
         """The chain rule, last layer first; ``output_bias_grad_done``: the last layer's db was
         already written (into :meth:`output_bias_grad`, by the loss), so it skips its own."""
-        last = len(self.layers) - 1
-        for i, layer in reversed(list(enumerate(self.layers))):
-            dy = layer.backward(dy, bias_grad_done=True) if output_bias_grad_done and i == last else layer.backward(dy)
+        done = output_bias_grad_done  # dy is the pre-activation gradient of the layer next in line
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if type(layer) is not Dense:
+                dy, done = layer.backward(dy), False
+                continue
+            below = self.layers[i - 1] if i > 0 and type(self.layers[i - 1]) is Dense else None
+            folded = {**({"bias_grad_done": True} if done else {}), **({"below": below} if below else {})}
+            dy, done = layer.backward(dy, **folded), below is not None
         return dy
 
     def output_bias_grad(self):

@@ -3,8 +3,8 @@
 * :class:`DeviceLoop` holds, in device memory, everything a step reads that is not a weight: the
   epoch's order of examples, a cursor (position in that order, step in the epoch), the epoch's
   table of learning rates and the next step's rate, the batch buffers, and the epoch's sums of
-  the loss and of correct predictions.  Its :meth:`~DeviceLoop.step` is ``gather_batch →
-  train_step → advance_step`` with no number passed from the host.
+  the loss and of correct predictions.  Its :meth:`~DeviceLoop.step` is ``next_batch →
+  train_step`` with no number passed from the host.
 * :class:`GraphedStep` runs such a step as a CUDA graph, one per batch size (the full batch, and a
   partial last one): the first step of a size runs eagerly (so everything is compiled and
   allocated) and is captured; later steps of that size replay it, one host call each.  Where
@@ -43,7 +43,7 @@ class DeviceLoop:
         self.order = be.empty((n,), np.int32)          # the epoch's permutation of 0..N-1
         self.cursor = be.zeros((2,), np.int32)         # (position in order, step in the epoch)
         self.lr_table = be.empty((steps_per_epoch + 1,))  # the epoch's rates (+1: after its last step)
-        self.lr = be.empty((1,))                       # the rate the next update reads
+        self.lr = be.empty((1,))                       # the step's rate, which its update reads
 
     def start_epoch(self, order, rates, step: int) -> None:
         """Put the epoch's ``order`` (N,) and ``rates`` (steps + 1,) on the device and the cursor
@@ -71,12 +71,11 @@ class DeviceLoop:
 
     def step(self, m: int, train_step) -> None:
         """One step of ``m`` rows from device state alone: gather the batch at the cursor, run
-        ``train_step(xb, yb, lr)`` (lr: the device's rate), advance the cursor and the rate."""
-        ops = self.backend.unchecked
+        ``train_step(xb, yb, lr)`` (lr: the device's rate): ``next_batch`` gathers the batch, sets the
+        step's rate and moves the cursor on (one kernel on a GPU), then the step."""
         xb, yb = self.xb[:m], self.yb[:m]
-        ops.gather_batch(self.x, self.y, self.order, self.cursor, xb, yb)
+        self.backend.unchecked.next_batch(self.x, self.y, self.order, self.cursor, self.lr_table, self.lr, xb, yb)
         train_step(xb, yb, self.lr)
-        ops.advance_step(self.cursor, m, self.lr_table, self.lr)
 
 
 class NarrowStep:

@@ -8,8 +8,9 @@ when reported.
 Everything that changes from one step to the next lives in device memory too
 (:class:`gpunn.loop.DeviceLoop`): the epoch's order of examples and its learning rates
 (uploaded once per epoch), and a cursor (position in that order, step in the epoch) from
-which the device reads each step's batch and rate.  A step is therefore ``gather_batch →
-train_step → advance_step`` with no number passed from the host, and on a GPU it is
+which the device reads each step's batch and rate.  A step is therefore ``next_batch →
+train_step`` (the gather also sets the step's rate and moves the cursor on) with no number
+passed from the host, and on a GPU it is
 captured once as a CUDA graph and replayed (:class:`gpunn.loop.GraphedStep`): one host call
 per step instead of ~25 kernel launches.  A partial last batch gets a graph of its own.
 ``Trainer(graphs=False)``, ``gpunn train --no-graphs`` or ``GPUNN_GRAPHS=0`` turn graphs

@@ -31,7 +31,8 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, float32, int32, void
 
-from .bias_act import ACT_CODES, activate
+from .bias_act import ACT_CODES, act_grad, activate
+from .bias_grad import ROW_LANES, TILE_COLS, tile_sum
 from .launch import F0, MAX_GRID_YZ, KernelSpec, Version, cdiv, clamp_grid
 
 TILE = 32  # out tile is TILE x TILE; K is consumed TILE at a time
@@ -176,6 +177,57 @@ def gemm_bias_act_kernel(x, w, out, bias, has_bias, act):
                         out[row, col] = activate(v, act)
 
 
+@cuda.jit
+def gemm_backward_kernel(x, dz, w, dw, dx, s, act, dx_bias, has_dx_bias):
+    """The ``linear_backward`` op in one launch: a layer's two backward GEMMs side by side, with the
+    layer below's activation derivative and bias gradient in the input gradient's epilogue.
+
+    A 1-D grid of work items, each a block's: first the input gradient's 32-column strips, each
+    all of its rows (``dx = (dz @ wᵀ) * act'(s)``, tile after tile down the strip, and its lanes'
+    running column sums, so ``dx_bias = Σ_rows dx`` needs no second kernel and no atomics); then the
+    weight gradient's 32x32 tiles (``dw = xᵀ @ dz``).  Both are version 3's tiles (``blocked_tile``)
+    with the plain GEMM's transposes, so dx and dw are the plain GEMM's bits; each lane adds its rows
+    in the order of ``act_bias_backward``'s (rows lane, lane+8, ...) and ``tile_sum`` adds the lanes
+    as it does, so for a batch of up to 256 rows (its one chunk) dx_bias is that op's bits too.
+    The strips come first: they are the long items (N/32 tiles each, the dw tiles one)."""
+    a_tile = cuda.shared.array((TILE, PADDED), float32)
+    b_tile = cuda.shared.array((TILE, PADDED), float32)
+    sh = cuda.shared.array((ROW_LANES, TILE_COLS), float32)
+    acc = cuda.local.array(ROWS_PER_THREAD, float32)
+    n, k_in = dx.shape
+    d = dz.shape[1]
+    strips = (k_in + TILE - 1) // TILE
+    tiles_n = (d + TILE - 1) // TILE
+    items = strips + strips * tiles_n
+    col_in_tile, lane = cuda.threadIdx.x, cuda.threadIdx.y
+    for item in range(cuda.blockIdx.x, items, cuda.gridDim.x):
+        if item < strips:                                   # dx[:, col0:col0 + 32], every row
+            col0 = item * TILE
+            col = col0 + col_in_tile
+            lane_sum = F0
+            for row0 in range(0, n, TILE):
+                blocked_tile(a_tile, b_tile, acc, dz, w, 0, 1, row0, col0, n, k_in, d)  # dz @ wᵀ
+                if col < k_in:
+                    for i in range(ROWS_PER_THREAD):
+                        row = row0 + lane + i * LANES
+                        if row < n:
+                            v = act_grad(acc[i], s[row, col], act)
+                            dx[row, col] = v
+                            lane_sum += v
+            if has_dx_bias:
+                tile_sum(sh, lane_sum, dx_bias, 0, col, k_in)  # dx_bias is (1, K)
+        else:                                               # a 32x32 tile of dw = xᵀ @ dz
+            t = item - strips
+            row0, col0 = (t // tiles_n) * TILE, (t % tiles_n) * TILE
+            blocked_tile(a_tile, b_tile, acc, x, dz, 1, 0, row0, col0, k_in, d, n)
+            col = col0 + col_in_tile
+            if col < d:
+                for i in range(ROWS_PER_THREAD):
+                    row = row0 + lane + i * LANES
+                    if row < k_in:
+                        dw[row, col] = acc[i]
+
+
 def launch_config(m: int, n: int, max_blocks: int | None = None):
     """(grid, block) for an (m, n) output: N tiles on grid x, M tiles on grid y (≤ 65535)."""
     y_limit = MAX_GRID_YZ if max_blocks is None else min(max_blocks, MAX_GRID_YZ)
@@ -214,6 +266,22 @@ def linear_plan(ctx, x, w, bias, act, out):
               np.int32(bias is not None), np.int32(ACT_CODES[act])))]
 
 
+def backward_config(n: int, k: int, d: int, max_blocks: int | None = None):
+    """(grid, block) of ``gemm_backward_kernel`` for a layer of K inputs and D outputs: one block
+    per work item (K/32 strips of dx, (K/32)(D/32) tiles of dw), grid-strided past ``max_blocks``."""
+    strips = cdiv(k, TILE)
+    return clamp_grid(strips + strips * cdiv(d, TILE), max_blocks), (TILE, LANES)
+
+
+def linear_backward_plan(ctx, x, dz, w, dw, dx, s, act, dx_bias):
+    """The ``linear_backward`` op's one launch (``gemm_backward_kernel``)."""
+    n, k = dx.shape
+    bias = ctx.workspace(("gemm", "no_dx_bias"), (1, 1)) if dx_bias is None else dx_bias.reshape(1, k)
+    return [("gemm_backward", gemm_backward_kernel, *backward_config(n, k, dz.shape[1], ctx.max_blocks),
+             (x, dz, w, dw, dx, x if s is None else s, np.int32(ACT_CODES[act]), bias,  # (identity reads no s)
+              np.int32(dx_bias is not None)))]
+
+
 #: The versions of this family's op, in the order of its record (cuBLAS is the built-in beside them).
 VERSIONS = {"gemm": (
     Version("naive", "one thread per output from global memory: 2 loads per multiply-add", _plan_naive),
@@ -223,6 +291,8 @@ VERSIONS = {"gemm": (
 )}
 
 SIGNATURES = [void(float32[:, ::1], float32[:, ::1], float32[:, ::1], int32, int32, int32)]
+SIGNATURES_BACKWARD = [void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1],
+                            float32[:, ::1], int32, float32[:, ::1], int32)]
 SIGNATURES_EPILOGUE = [void(float32[:, ::1], float32[:, ::1], float32[:, ::1], float32[::1], int32, int32)]
 
 KERNELS = (
@@ -231,4 +301,6 @@ KERNELS = (
     KernelSpec("gemm", gemm_kernel, tuple(SIGNATURES), TILE * LANES, 2 * 4 * TILE * PADDED, "gemm"),
     KernelSpec("gemm_bias_act", gemm_bias_act_kernel, tuple(SIGNATURES_EPILOGUE), TILE * LANES,
                2 * 4 * TILE * PADDED, "linear"),
+    KernelSpec("gemm_backward", gemm_backward_kernel, tuple(SIGNATURES_BACKWARD), TILE * LANES,
+               2 * 4 * TILE * PADDED + 4 * ROW_LANES * TILE_COLS, "linear_backward"),
 )

@@ -27,14 +27,9 @@ def trainer(backend, net, epochs=1, data=None, batch_size=16):
     return Trainer(cfg, data or toy_data(n=48, n_test=20, d=12, c=4), backend=backend, progress=False, log=lambda s: None)
 
 
-@pytest.mark.parametrize("net", NETWORKS)
-@pytest.mark.parametrize("cuda_name", CUDA_PARAMS)
-def test_sgd_steps_match_the_numpy_backend(cuda_name, net):
-    """A few SGD steps from the same initial weights give the same parameters."""
-    ref, dut = trainer("numpy", net), trainer(make_backend(cuda_name), net)
+def assert_three_steps_match(ref, dut):
+    """Three train_steps of 16 rows on each; then the same parameters, loss sum and count."""
     be = dut.backend
-    for a, b in zip(ref.model.params, dut.model.params):
-        np.testing.assert_array_equal(a, be.to_numpy(b))
     for step in range(3):
         sl = slice(16 * step, 16 * step + 16)
         ref.train_step(ref.train_x[sl], ref.train_y[sl], 0.1)
@@ -43,6 +38,16 @@ def test_sgd_steps_match_the_numpy_backend(cuda_name, net):
         np.testing.assert_allclose(be.to_numpy(b), a, rtol=1e-4, atol=1e-5, err_msg=f"parameter {i}")
     assert float(be.to_numpy(dut.loop.loss_sum)[0]) == pytest.approx(float(ref.loop.loss_sum[0]), rel=1e-5)
     assert int(be.to_numpy(dut.loop.correct)[0]) == int(ref.loop.correct[0])
+
+
+@pytest.mark.parametrize("net", NETWORKS)
+@pytest.mark.parametrize("cuda_name", CUDA_PARAMS)
+def test_sgd_steps_match_the_numpy_backend(cuda_name, net):
+    """A few SGD steps from the same initial weights give the same parameters."""
+    ref, dut = trainer("numpy", net), trainer(make_backend(cuda_name), net)
+    for a, b in zip(ref.model.params, dut.model.params):
+        np.testing.assert_array_equal(a, dut.backend.to_numpy(b))
+    assert_three_steps_match(ref, dut)
 
 
 @pytest.mark.parametrize("version", [v for v in OPS["softmax_cross_entropy"].versions if v != "fused"])
@@ -52,15 +57,7 @@ def test_each_loss_version_trains_like_the_reference(cuda_name, version):
     gradients in 2 launches) gives the reference's parameters, loss and count."""
     ref = trainer("numpy", "relu-xent-momentum")
     dut = trainer(make_backend(cuda_name, versions={"softmax_cross_entropy": version}), "relu-xent-momentum")
-    be = dut.backend
-    for step in range(3):
-        sl = slice(16 * step, 16 * step + 16)
-        ref.train_step(ref.train_x[sl], ref.train_y[sl], 0.1)
-        dut.train_step(dut.train_x[sl], dut.train_y[sl], 0.1)
-    for i, (a, b) in enumerate(zip(ref.model.params, dut.model.params)):
-        np.testing.assert_allclose(be.to_numpy(b), a, rtol=1e-4, atol=1e-5, err_msg=f"parameter {i}")
-    assert float(be.to_numpy(dut.loop.loss_sum)[0]) == pytest.approx(float(ref.loop.loss_sum[0]), rel=1e-5)
-    assert int(be.to_numpy(dut.loop.correct)[0]) == int(ref.loop.correct[0])
+    assert_three_steps_match(ref, dut)
 
 
 @pytest.mark.parametrize("net", NETWORKS)
@@ -84,6 +81,31 @@ def test_the_fused_step_trains_like_the_reference(cuda_name, net):
     assert dut.loop.loss() == pytest.approx(ref.loop.loss(), rel=1e-5)
     assert dut.loop.correct_count() == ref.loop.correct_count()
     assert list(be.to_numpy(dut.loop.cursor)) == [40, 3] and dut.last_rate() == ref.last_rate()
+
+
+@pytest.mark.parametrize("hidden, activation", [((8,), "relu"), ((9, 7), "gelu"), ((6, 5), "sigmoid")], ids=str)
+@pytest.mark.parametrize("cuda_name", CUDA_PARAMS)
+def test_the_fused_backward_is_the_unfused_one_bit_for_bit(cuda_name, hidden, activation):
+    """With gpunn's GEMM each layer but the first runs its backward as one ``gemm_backward`` (both
+    GEMMs, the layer below's activation derivative and bias sum): three whole steps of it give
+    the unfused ops' bits exactly (the same backend with its GEMM fusions turned off)."""
+    def run(fused):
+        be = make_backend(cuda_name, gemm="numba")
+        if not fused:
+            be._own_blocked_gemm = lambda: False  # the same GEMM kernel, called op by op
+        kernels = []
+        be.launch_hooks.append(lambda launch, go: (kernels.append(launch.name), go()))
+        cfg = TrainConfig(epochs=1, batch_size=16, hidden=hidden, activation=activation, lr=0.1, momentum=0.9)
+        t = Trainer(cfg, toy_data(n=48, n_test=20, d=12, c=4), backend=be, progress=False, log=lambda s: None)
+        t.loop.start_epoch(np.arange(48), np.full(4, 0.1, np.float32), 0)
+        for _ in range(3):
+            t.device_step(16)
+        return [be.to_numpy(p).tobytes() for p in t.model.params], be.to_numpy(t.loop.loss_sum).tobytes(), kernels
+
+    (fused, fused_loss, kernels), (plain, plain_loss, plain_kernels) = run(True), run(False)
+    assert kernels.count("gemm_backward") == 3 * len(hidden) and "gemm_backward" not in plain_kernels
+    assert "act_bias_grad_partial" not in kernels and len(kernels) < len(plain_kernels)
+    assert fused == plain and fused_loss == plain_loss
 
 
 @pytest.mark.parametrize("cuda_name", CUDA_PARAMS)

@@ -27,7 +27,7 @@ def test_a_step_takes_its_batch_and_rate_from_the_device_and_advances_the_cursor
     np.testing.assert_array_equal(x0, [6, 4, 2])
     assert lr == np.float32(0.2)
     np.testing.assert_array_equal(loop.cursor, [6, 2])
-    assert loop.lr[0] == np.float32(0.1)  # the next step's rate
+    assert loop.lr[0] == np.float32(0.2)  # the step's rate, set with its batch (next_batch)
     loop.start_epoch(order, rates, step=0)
     assert (loop.loss(), loop.correct_count()) == (0.0, 0)  # a new epoch starts its sums at zero
 

@@ -179,15 +179,16 @@ def test_step_profile_counts_calls_and_shares_add_up():
     rows = prof.rows()
     calls = {op: sum(r["calls"] for r in rows if r["op"] == op) for op in {r["op"] for r in rows}}
     layers = len(SMALL.hidden) + 1
-    # forward: one linear (GEMM, bias, activation) per layer; backward: dW per layer and dX for all but the first
-    assert calls["linear"] == layers and calls["gemm"] == layers + (layers - 1)
+    # forward: one linear (GEMM, bias, activation) per layer; backward: one linear_backward (dW, and dX through
+    # the layer below's activation, with its bias gradient) per layer but the first, whose dW is a GEMM
+    assert calls["linear"] == layers and calls["linear_backward"] == layers - 1 and calls["gemm"] == 1
     # the optimizer updates every parameter (one op per array, or one over a flat copy of all of them)
     updated = sum(int(np.prod(r["shapes"][0])) * r["calls"] for r in rows if r["op"] == "sgd_update")
     assert updated >= sum(int(np.prod(p.shape)) for p in synthetic_trainer(SMALL, NumpyBackend()).model.params)
     # the loss counts the correct rows and sums the last layer's bias gradient (its row sum) itself
     assert calls["softmax_cross_entropy"] == 1 and "count_correct" not in calls
     assert [r["variant"] for r in rows if r["op"] == "softmax_cross_entropy"] == ["+ count + bias grad"]
-    assert "bias_grad" not in calls  # SMALL's hidden layers have activations: act_bias_backward
+    assert "bias_grad" not in calls and "act_bias_backward" not in calls  # in linear_backward
     assert sum(r["share"] for r in rows) == pytest.approx(100.0)
     assert all(r["seconds"] > 0 and r["percent_of_peak"] > 0 for r in rows)
     assert len(prof.steps) == 3 and len(prof.step_seconds) == 3
@@ -268,11 +269,11 @@ def test_profile_in_the_simulator_shows_the_launch_trace_not_times(tmp_path):
     assert d["launches"] and {entry["kernel"] for entry in d["launches"]} <= names
     for entry in d["launches"]:
         assert entry["kernel"] in r.stdout
-    # the whole step's kernels: the profiled train_step's, with the batch's gather and the cursor's advance
+    # the whole step's kernels: the profiled train_step's, after the batch's gather (which moves the cursor on)
     step = [k["kernel"] for k in d["step_kernels"]]
-    assert d["kernels_per_step"] == len(step) == len(d["launches"]) + 2
-    assert step[0] == "gather_batch" and step[-1] == "advance_step"
-    assert step[1:-1] == [entry["kernel"] for entry in d["launches"]]
+    assert d["kernels_per_step"] == len(step) == len(d["launches"]) + 1
+    assert step[0] == "next_batch" and step[-1] == "sgd_update"
+    assert step[1:] == [entry["kernel"] for entry in d["launches"]]
 
 
 @pytest.mark.cudasim
@@ -293,10 +294,16 @@ def test_kernels_per_step_is_the_cuda_paths_on_every_backend():
         counts[loss, bool(versions)] = len(recorded)
     on_numpy, how = step_kernels(TrainConfig(hidden=(16, 16), batch_size=8), NumpyBackend())
     assert "run dry" in how and len(on_numpy) == counts["cross-entropy", False]
-    # gather, 3 x (GEMM, bias_act), the loss (count, softmax-xent, its reduction, the output bias's
-    # gradient), 5 GEMMs and 2 act_bias_backward, the update, the advance
-    assert counts["cross-entropy", False] == 1 + 6 + 4 + 5 + 2 + 1 + 1 == 20
-    assert counts["cross-entropy", True] == 18  # the classifier: loss, count, both gradients in 2 launches
+    # the gather (with the cursor's advance), 3 x (GEMM, bias_act), the loss (count, softmax-xent, its
+    # reduction, the output bias's gradient), 5 GEMMs and 2 act_bias_backward, the update
+    assert counts["cross-entropy", False] == 1 + 6 + 4 + 5 + 2 + 1 == 19
+    assert counts["cross-entropy", True] == 17  # the classifier: loss, count, both gradients in 2 launches
+    # gpunn's GEMM with the classifier: gather, 3 linear, 2 for the loss, 2 gemm_backward and the first
+    # layer's dW, the update: the default network's shape of step in 10 kernels
+    fused, _ = step_kernels(TrainConfig(hidden=(16, 16), batch_size=8),
+                            CudaBackend(dry=True, gemm="numba", versions={"softmax_cross_entropy": "classifier"}))
+    assert [k for _, k in fused] == ["next_batch", *["gemm_bias_act"] * 3, "classifier", "finish_loss_colsum",
+                                     "gemm_backward", "gemm_backward", "gemm", "sgd_update"]
     primer = TrainConfig(hidden=(16, 16), batch_size=8, loss="mse", activation="sigmoid", momentum=0.0,
                          nesterov=False)
     for be in (NumpyBackend(), CudaBackend()):  # the whole step as narrow_step: its two kernels

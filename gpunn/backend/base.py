@@ -167,6 +167,10 @@ class Backend(abc.ABC):
     def linear(self, x, w, bias, act, out):
         self.unchecked.linear(*OPS["linear"].check(self, x, w, bias, act, out))
 
+    @_documented(OPS["linear_backward"])
+    def linear_backward(self, x, dz, w, dw, dx, s, act, dx_bias):
+        self.unchecked.linear_backward(*OPS["linear_backward"].check(self, x, dz, w, dw, dx, s, act, dx_bias))
+
     @_documented(OPS["act_backward"])
     def act_backward(self, s, dy, act, out):
         self.unchecked.act_backward(*OPS["act_backward"].check(self, s, dy, act, out))
@@ -234,6 +238,10 @@ class Backend(abc.ABC):
     def gather_batch(self, x, labels, order, cursor, xb, yb):
         self.unchecked.gather_batch(*OPS["gather_batch"].check(self, x, labels, order, cursor, xb, yb))
 
+    @_documented(OPS["next_batch"])
+    def next_batch(self, x, labels, order, cursor, lr_table, lr, xb, yb):
+        self.unchecked.next_batch(*OPS["next_batch"].check(self, x, labels, order, cursor, lr_table, lr, xb, yb))
+
     @_documented(OPS["advance_step"])
     def advance_step(self, cursor, stride, lr_table, lr):
         self.unchecked.advance_step(*OPS["advance_step"].check(self, cursor, stride, lr_table, lr))
@@ -242,6 +250,19 @@ class Backend(abc.ABC):
     # record positionally (``_gemm(self, a, b, out, trans_a, trans_b, accumulate)``): the NumPy
     # backend's are the readable definition of each op.  Instantiating a backend that lacks one
     # raises TypeError, naming it.
+
+
+def unfused_linear_backward(impl, x, dz, w, dw, dx, s, act, dx_bias) -> None:
+    """The ``linear_backward`` op as the ops it fuses, each ``impl``'s own (its definition on the
+    numpy backend, and the cuda backend's path with cuBLAS): ``dw`` in a branch beside ``dx``, then
+    the layer below's activation derivative (and bias sum) in place on dx."""
+    with impl.branch():
+        impl._gemm(x, dz, dw, True, False, False)
+    impl._gemm(dz, w, dx, False, True, False)
+    if dx_bias is not None:
+        impl._act_bias_backward(x if s is None else s, dx, act, dx, dx_bias)  # (identity reads no s)
+    elif act != "identity":
+        impl._act_backward(s, dx, act, dx)
 
 
 def check_arity(record, fn, label: str) -> None:
@@ -285,6 +306,9 @@ class Unchecked:
 
     def linear(self, x, w, bias, act, out):
         self.impl._linear(x, w, bias, act, out)
+
+    def linear_backward(self, x, dz, w, dw, dx, s, act, dx_bias):
+        self.impl._linear_backward(x, dz, w, dw, dx, s, act, dx_bias)
 
     def act_backward(self, s, dy, act, out):
         self.impl._act_backward(s, dy, act, out)
@@ -333,6 +357,9 @@ class Unchecked:
 
     def gather_batch(self, x, labels, order, cursor, xb, yb):
         self.impl._gather_batch(x, labels, order, cursor, xb, yb)
+
+    def next_batch(self, x, labels, order, cursor, lr_table, lr, xb, yb):
+        self.impl._next_batch(x, labels, order, cursor, lr_table, lr, xb, yb)
 
     def advance_step(self, cursor, stride, lr_table, lr):
         self.impl._advance_step(cursor, stride, lr_table, lr)

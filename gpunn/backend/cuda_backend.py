@@ -37,7 +37,7 @@ import numpy as np
 from numba import cuda
 
 from gpunn.backend import ops
-from gpunn.backend.base import Backend
+from gpunn.backend.base import Backend, unfused_linear_backward
 from gpunn.backend.cublas import GEMM_IMPLEMENTATIONS, PRECISIONS
 from gpunn.backend.cuda_launch import Launcher, stream_arg
 from gpunn.backend.numpy_backend import NumpyBackend
@@ -387,13 +387,25 @@ class CudaBackend(Backend):
             (x.reshape(-1), self._dummy if bias is None else bias, out.reshape(-1), i32(bias_act.ACT_CODES[act]),
              i32(bias is not None)))])
 
+    def _own_blocked_gemm(self) -> bool:
+        """Whether the GEMM is gpunn's blocked version (``--gemm numba``), not cuBLAS, another version
+        or one a user put in: then ``linear`` and ``linear_backward`` fuse their epilogues into it."""
+        return self.gemm_impl == "numba" and self._plans["gemm"] is kernel_versions("gemm")["blocked"].plan \
+            and "_gemm" not in self.__dict__
+
     def _linear(self, x, w, bias, act, out):
-        if self.gemm_impl == "numba" and self._plans["gemm"] is kernel_versions("gemm")["blocked"].plan \
-                and "_gemm" not in self.__dict__:  # gpunn's blocked GEMM: the bias and activation in its epilogue
+        if self._own_blocked_gemm():  # one kernel: the bias and activation in the GEMM's epilogue
             self._queue("linear", (x, w, bias, act, out), lambda: gemm.linear_plan(self, x, w, bias, act, out))
             return
         self._gemm(x, w, out, False, False, False)  # cuBLAS (or another GEMM version, or yours), then bias_act
         self._bias_act(out, bias, act, out)
+
+    def _linear_backward(self, x, dz, w, dw, dx, s, act, dx_bias):
+        if self._own_blocked_gemm():  # one kernel: both GEMMs, the activation's derivative and the bias sum
+            self._queue("linear_backward", (x, dz, w, dw, dx, s, act, dx_bias),
+                        lambda: gemm.linear_backward_plan(self, x, dz, w, dw, dx, s, act, dx_bias))
+            return
+        unfused_linear_backward(self, x, dz, w, dw, dx, s, act, dx_bias)  # as the layers queued it before the op
 
     def _act_backward(self, s, dy, act, out):
         self._queue("act_backward", (s, dy, act, out), lambda: [(
@@ -481,6 +493,12 @@ class CudaBackend(Backend):
                     lambda: narrow_mlp.plan(self, x, labels, order, cursor, lr_table, lr, params, grads, velocity,
                                             widths, acts, offsets, loss, rows, loss_sum, correct, momentum,
                                             weight_decay, nesterov))
+
+    def _next_batch(self, x, labels, order, cursor, lr_table, lr, xb, yb):
+        tickets = self.constant("next_batch_tickets", np.zeros(1, np.uint32))  # every launch leaves it at 0
+        self._queue("next_batch", (x, labels, order, cursor, lr_table, lr, xb, yb), lambda: [(
+            "next_batch", batch.next_batch_kernel, *batch.launch_config(*xb.shape, self.threads, self.max_blocks),
+            (x, labels, order, cursor, lr_table, lr, xb, yb, tickets))])
 
     def _advance_step(self, cursor, stride, lr_table, lr):
         self._queue("advance_step", (cursor, stride, lr_table, lr), lambda: [(

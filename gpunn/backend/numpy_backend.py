@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn.kernels.random import dropout_constants, philox2x32
-from gpunn.backend.base import Backend
+from gpunn.backend.base import Backend, unfused_linear_backward
 from gpunn.kernels.activations import ACTIVATIONS, numpy_form
 
 #: each activation's forward and backward formula, bound to NumPy's primitives: whole-array code
@@ -139,6 +139,11 @@ class NumpyBackend(Backend):
     def _linear(self, x, w, bias, act, out):
         self._gemm(x, w, out, False, False, False)
         self._bias_act(out, bias, act, out)
+
+    # a dense layer's backward from dz: dw = xᵀ dz; dx = dz wᵀ, then through the layer below's
+    # activation (and its bias gradient), in place: the ops, in order
+    def _linear_backward(self, x, dz, w, dw, dx, s, act, dx_bias):
+        unfused_linear_backward(self, x, dz, w, dw, dx, s, act, dx_bias)
 
     # dz = dy * act'(z); db = column sums of dz: the two ops above, in order
     def _act_bias_backward(self, s, dy, act, dz, db):
@@ -286,6 +291,13 @@ class NumpyBackend(Backend):
         # range (they are: a permutation), which triples its cost
         np.take(x, index, axis=0, out=xb, mode="clip")
         np.take(labels, index, axis=0, out=yb, mode="clip")
+
+    # the gather at the cursor; lr[0] = lr_table[min(cursor[1], last)], this step's rate; cursor += (B, 1)
+    def _next_batch(self, x, labels, order, cursor, lr_table, lr, xb, yb):
+        self._gather_batch(x, labels, order, cursor, xb, yb)
+        lr[0] = lr_table[min(int(cursor[1]), lr_table.shape[0] - 1)]
+        cursor[0] += xb.shape[0]
+        cursor[1] += 1
 
     # cursor += (stride, 1); lr[0] = lr_table[min(cursor[1], last)]
     def _advance_step(self, cursor, stride, lr_table, lr):

@@ -82,6 +82,15 @@ def linear_cost(n: int, d: int, k: int, act: str, has_bias: bool) -> Cost:
     return Cost(flops, F32 * (n * k + k * d + n * d + (d if has_bias else 0)))
 
 
+def linear_backward_cost(n: int, k: int, d: int, act: str, has_dx_bias: bool) -> Cost:
+    """``dw (K,D) = xᵀ dz`` and ``dx (N,K) = (dz wᵀ) * act'(s)`` (``+ Σ_rows dx``): both GEMMs'
+    FLOPs and the epilogue's; reads x, dz, w (and s), writes dw and dx once (and dx_bias)."""
+    epilogue = n * k * ((1 + ACTIVATION_RECORDS[act].backward_flops if act != "identity" else 0)
+                        + (1 if has_dx_bias else 0))
+    reads = n * k + n * d + k * d + (n * k if act != "identity" else 0)
+    return Cost(4 * n * k * d + epilogue, F32 * (reads + k * d + n * k + (k if has_dx_bias else 0)))
+
+
 def act_backward_cost(n: int, d: int, act: str) -> Cost:
     """``out (N,D) = dy * act'(s)``: reads s (the saved output or input) and dy, writes out."""
     return Cost(n * d * (1 + ACTIVATION_RECORDS[act].backward_flops), F32 * 3 * n * d)
@@ -321,6 +330,36 @@ def linear(backend, x, w, bias, act, out):
     return x, w, bias, act, out
 
 
+@_op(cost=lambda x, dz, act, dx_bias, **_: linear_backward_cost(x.shape[0], x.shape[1], dz.shape[1], act,
+                                                                 dx_bias is not None),
+     variant=lambda act, dx_bias, **_: act + (", bias" if dx_bias is not None else ""))
+def linear_backward(backend, x, dz, w, dw, dx, s, act, dx_bias):
+    """A dense layer's backward from ``dz``, the gradient of its pre-activation ``x @ w + b``:
+    ``dw = xᵀ dz`` and the input gradient taken through the layer below's activation,
+    ``dx = (dz @ wᵀ) * act'(s)`` (``s``: what that activation's backward reads, as
+    ``act_backward``; None with act identity), with ``dx_bias = dx`` summed over rows (that layer's
+    bias gradient) unless None.  x, s, dx (N,K); dz (N,D); w, dw (K,D); dx_bias (K,).  Defined as
+    ``gemm`` (dw), ``gemm`` (dx), then ``act_bias_backward`` (or ``act_backward``) in place on dx;
+    on a GPU gpunn's GEMM (``--gemm numba``) does it in one kernel, cuBLAS in three (as many as the
+    unfused ops, so the default step is unchanged)."""
+    _check_act("linear_backward", act)
+    array("linear_backward", "x", x, ndim=2, dtype=backend.dtype, backend=backend)
+    array("linear_backward", "dz", dz, ndim=2, dtype=backend.dtype, backend=backend)
+    if dz.shape[0] != x.shape[0]:
+        raise ShapeError(f"linear_backward: dz must have {x.shape[0]} rows (x's), got shape {tuple(dz.shape)}")
+    n, k, d = x.shape[0], x.shape[1], dz.shape[1]
+    array("linear_backward", "w", w, shape=(k, d), dtype=backend.dtype, backend=backend)
+    array("linear_backward", "dw", dw, shape=(k, d), dtype=backend.dtype, backend=backend)
+    array("linear_backward", "dx", dx, shape=(n, k), dtype=backend.dtype, backend=backend)
+    if s is None and act != "identity":
+        raise ValueError(f"linear_backward: s (what {act}'s backward reads) is required with act {act!r}")
+    if s is not None:
+        array("linear_backward", "s", s, shape=(n, k), dtype=backend.dtype, backend=backend)
+    if dx_bias is not None:
+        array("linear_backward", "dx_bias", dx_bias, shape=(k,), dtype=backend.dtype, backend=backend)
+    return x, dz, w, dw, dx, s, act, dx_bias
+
+
 @_op(cost=lambda s, act, **_: act_backward_cost(*s.shape, act), variant=lambda act, **_: act)
 def act_backward(backend, s, dy, act, out):
     """``out = dy * act'(·)`` written with ``s``, what the activation's record says its derivative
@@ -524,17 +563,22 @@ def gather_batch(backend, x, labels, order, cursor, xb, yb):
     so a step captured as a CUDA graph trains on a new batch at every replay.
 
     This checked form reads the cursor and that part of ``order`` back to validate
-    them (on a GPU, a synchronisation); the trainer calls ``unchecked.gather_batch``."""
-    array("gather_batch", "x", x, ndim=2, dtype=backend.dtype, backend=backend)
-    array("gather_batch", "labels", labels, shape=(x.shape[0],), dtype=int32, backend=backend)
-    array("gather_batch", "order", order, ndim=1, dtype=int32, backend=backend)
-    array("gather_batch", "cursor", cursor, shape=(2,), dtype=int32, backend=backend)
-    array("gather_batch", "xb", xb, ndim=2, dtype=backend.dtype, backend=backend)
-    if xb.shape[1] != x.shape[1]:
-        raise ShapeError(f"gather_batch: xb must have {x.shape[1]} columns like x, got shape {tuple(xb.shape)}")
-    array("gather_batch", "yb", yb, shape=(xb.shape[0],), dtype=int32, backend=backend)
-    _check_cursor("gather_batch", backend, x, order, cursor, xb.shape[0])
+    them (on a GPU, a synchronisation); the trainer calls ``unchecked.next_batch`` (this gather, the rate and the advance)."""
+    _check_batch("gather_batch", backend, x, labels, order, cursor, xb, yb)
     return x, labels, order, cursor, xb, yb
+
+
+def _check_batch(op, backend, x, labels, order, cursor, xb, yb):
+    """``gather_batch``'s arguments (and ``next_batch``'s first six), checked under ``op``'s name."""
+    array(op, "x", x, ndim=2, dtype=backend.dtype, backend=backend)
+    array(op, "labels", labels, shape=(x.shape[0],), dtype=int32, backend=backend)
+    array(op, "order", order, ndim=1, dtype=int32, backend=backend)
+    array(op, "cursor", cursor, shape=(2,), dtype=int32, backend=backend)
+    array(op, "xb", xb, ndim=2, dtype=backend.dtype, backend=backend)
+    if xb.shape[1] != x.shape[1]:
+        raise ShapeError(f"{op}: xb must have {x.shape[1]} columns like x, got shape {tuple(xb.shape)}")
+    array(op, "yb", yb, shape=(xb.shape[0],), dtype=int32, backend=backend)
+    _check_cursor(op, backend, x, order, cursor, xb.shape[0])
 
 
 def _check_cursor(op, backend, x, order, cursor, b):
@@ -566,6 +610,22 @@ def advance_step(backend, cursor, stride, lr_table, lr):
     if not isinstance(stride, (int, np.integer)) or not 0 <= stride < 2**31:
         raise ShapeError(f"advance_step: stride must be a non-negative int32, got {stride!r}")
     return cursor, int(stride), lr_table, lr
+
+
+@_op(cost=lambda xb, **_: gather_batch_cost(*xb.shape) + advance_step_cost())
+def next_batch(backend, x, labels, order, cursor, lr_table, lr, xb, yb):
+    """A training step's batch and rate from the loop's device state, then the cursor past them:
+    ``gather_batch`` (xb, yb at ``cursor[0]``), ``lr[0] = lr_table[min(cursor[1], len(lr_table)-1)]``
+    (the step's rate, which its update reads), then ``cursor += (B, 1)``.
+
+    The arguments as ``gather_batch``'s and ``advance_step``'s (lr_table (T,), lr (1,)); on a GPU one
+    kernel, whose last block to finish moves the cursor once every block has read it."""
+    _check_batch("next_batch", backend, x, labels, order, cursor, xb, yb)
+    array("next_batch", "lr_table", lr_table, ndim=1, dtype=backend.dtype, backend=backend)
+    if lr_table.shape[0] == 0:
+        raise ShapeError("next_batch: lr_table is empty")
+    array("next_batch", "lr", lr, shape=(1,), dtype=backend.dtype, backend=backend)
+    return x, labels, order, cursor, lr_table, lr, xb, yb
 
 
 def narrow_network_problem(widths, acts, loss):

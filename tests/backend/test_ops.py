@@ -405,6 +405,30 @@ def test_advance_step_walks_the_schedule(backend):
     assert got["cursor"].tolist() == [256 + 5 * 128, 5] and got["lr"][0] == table[-1]
 
 
+@pytest.mark.parametrize("rows, width, start", [(1, 1, 0), (33, 784, 64), (40, 1100, 0)], ids=str)
+def test_next_batch_gathers_then_sets_the_rate_and_moves_the_cursor(backend, rows, width, start):
+    """Three steps' batches in a row (the simulated grid has 8 blocks: its last block to finish moves
+    the cursor), each with its step's rate, the last one past the end of the table."""
+    rng = rng_for("next_batch", rows, width, start)
+    n, table = 200, np.array([0.5, 0.25, 0.125], np.float32)
+    order = rng.permutation(n).astype(np.int32)
+    arrays = dict(x=normal(rng, (n, width)), y=labels_for(rng, n, 10), order=order, table=table, lr=nan(1),
+                  cursor=np.array([start, 1], np.int32), xb=nan((rows, width)), yb=np.full(rows, -1, np.int32))
+    seen = []
+
+    def op(be, d):
+        for _ in range(3):
+            be.next_batch(d["x"], d["y"], d["order"], d["cursor"], d["table"], d["lr"], d["xb"], d["yb"])
+            seen.append((be.to_numpy(d["yb"]).copy(), float(be.to_numpy(d["lr"])[0])))
+
+    got = check(backend, op, **arrays)
+    assert got["cursor"].tolist() == [start + 3 * rows, 4]
+    for i, (yb, lr) in enumerate(seen[:3]):  # this backend's (the reference's are seen[3:])
+        assert (yb == arrays["y"][order[start + i * rows:start + (i + 1) * rows]]).all()
+        assert lr == table[min(1 + i, 2)]
+    assert got["xb"].tobytes() == arrays["x"][order[start + 2 * rows:start + 3 * rows]].tobytes()
+
+
 def test_gather_batch_and_advance_step_check_their_arguments(backend):
     from gpunn.errors import ShapeError
 
@@ -418,6 +442,12 @@ def test_gather_batch_and_advance_step_check_their_arguments(backend):
         be.gather_batch(x, y, bad, be.zeros((2,), np.int32), xb, yb)
     with pytest.raises(ShapeError, match="gather_batch: xb must have 3 columns"):
         be.gather_batch(x, y, order, be.zeros((2,), np.int32), be.zeros((4, 2)), yb)
+    with pytest.raises(ShapeError, match=r"next_batch: cursor\[0\] = 8 leaves no room for 4 rows"):
+        be.next_batch(x, y, order, be.asarray(np.array([8, 0], np.int32)), be.zeros((3,)), be.zeros((1,)), xb, yb)
+    with pytest.raises(ShapeError, match="next_batch: lr_table is empty"):
+        be.next_batch(x, y, order, be.zeros((2,), np.int32), be.zeros((0,)), be.zeros((1,)), xb, yb)
+    with pytest.raises(ShapeError, match=r"next_batch: lr must have shape \(1,\)"):
+        be.next_batch(x, y, order, be.zeros((2,), np.int32), be.zeros((3,)), be.zeros((2,)), xb, yb)
     with pytest.raises(ShapeError, match="advance_step: lr_table is empty"):
         be.advance_step(be.zeros((2,), np.int32), 1, be.zeros((0,)), be.zeros((1,)))
     with pytest.raises(ShapeError, match="advance_step: stride must be a non-negative int32"):
@@ -451,6 +481,40 @@ def test_linear_checks_its_arguments(backend):
         be.linear(x, w, None, "relu", be.zeros((4, 3)))
     with pytest.raises(ValueError, match="linear: unknown activation 'swish'"):
         be.linear(x, w, None, "swish", out)
+
+
+# ---------------------------------------------------------------------------- a dense layer's backward
+@pytest.mark.parametrize("act, with_bias", [("identity", False), ("identity", True), ("relu", True),
+                                            ("sigmoid", False), ("gelu", True)])
+@pytest.mark.parametrize("n, k, d", [(1, 1, 1), (70, 37, 31), (5, 40, 10)], ids=str)
+def test_linear_backward(backend, act, with_bias, n, k, d):
+    """``dw = xᵀ dz`` and ``dx = (dz wᵀ) * act'(s)`` with its row sum: on gpunn's GEMM one kernel
+    (70 rows: three tiles down each strip; 37 inputs: a ragged second strip), on cuBLAS three."""
+    rng = rng_for("linear_backward", act, with_bias, n, k, d)
+    s = np.empty((n, k), np.float32)
+    REF.bias_act(normal(rng, (n, k)), None, act, s)  # what the activation's backward reads
+    arrays = dict(x=normal(rng, (n, k)), dz=normal(rng, (n, d)), w=normal(rng, (k, d), 1 / np.sqrt(d)),
+                  dw=nan((k, d)), dx=nan((n, k)), s=s)
+    if with_bias:
+        arrays["db"] = nan(k)
+    check(backend, lambda be, a: be.linear_backward(a["x"], a["dz"], a["w"], a["dw"], a["dx"],
+                                                    None if act == "identity" else a["s"], act, a.get("db")),
+          **arrays)
+
+
+def test_linear_backward_checks_its_arguments(backend):
+    from gpunn.errors import ShapeError
+
+    be = backend
+    x, dz, w, dx = be.zeros((4, 3)), be.zeros((4, 2)), be.zeros((3, 2)), be.zeros((4, 3))
+    with pytest.raises(ShapeError, match=r"linear_backward: dz must have 4 rows \(x's\), got shape \(5, 2\)"):
+        be.linear_backward(x, be.zeros((5, 2)), w, be.zeros((3, 2)), dx, None, "identity", None)
+    with pytest.raises(ShapeError, match=r"linear_backward: dw must have shape \(3, 2\)"):
+        be.linear_backward(x, dz, w, be.zeros((2, 3)), dx, None, "identity", None)
+    with pytest.raises(ValueError, match=r"linear_backward: s \(what relu's backward reads\) is required"):
+        be.linear_backward(x, dz, w, be.zeros((3, 2)), dx, None, "relu", None)
+    with pytest.raises(ShapeError, match=r"linear_backward: dx_bias must have shape \(3,\)"):
+        be.linear_backward(x, dz, w, be.zeros((3, 2)), dx, x, "relu", be.zeros((2,)))
 
 
 # ---------------------------------------------------------------------------- the narrow step

@@ -49,6 +49,7 @@ def every_op(be, rng):
     be.gemm(out, w, np.empty((5, 7), np.float32), trans_b=True, accumulate=True)
     be.linear(x, w, b, "relu", out)  # gpunn's GEMM with its epilogue (the simulator's options: gemm="numba")
     be.bias_act(out, b, "relu", out)
+    be.linear_backward(x, g, w, np.empty_like(w), np.empty_like(x), x, "relu", np.empty(7, np.float32))
     be.bias_act(out, None, "sigmoid", out)
     be.act_backward(out, g, "tanh", g)
     be.bias_grad(g, np.empty(3, np.float32))
@@ -66,6 +67,8 @@ def every_op(be, rng):
     cursor = np.array([1, 0], np.int32)
     be.gather_batch(x, t, np.arange(5, dtype=np.int32), cursor, np.empty((3, 7), np.float32), np.empty(3, np.int32))
     be.advance_step(cursor, 3, np.ones(4, np.float32), np.empty(1, np.float32))
+    be.next_batch(x, t, np.arange(5, dtype=np.int32), np.array([0, 0], np.int32), np.ones(4, np.float32),
+                  np.empty(1, np.float32), np.empty((3, 7), np.float32), np.empty(3, np.int32))
     step = np.zeros(1, np.int32)
     be.count_step(step)
     m, v = np.zeros_like(w), np.zeros_like(w)

@@ -185,7 +185,7 @@ def profile_step(cfg, backend, reps: int = 20, warmup: int = 3, peaks: Peaks | N
 
 def step_kernels(cfg, backend, fused_step=False) -> tuple[list | None, str]:
     """``(launches, how)``: every kernel one training step of ``cfg`` launches on the cuda path (the
-    batch's gather, forward, loss, backward, update and the cursor's advance; each cuBLAS GEMM as
+    batch's gather with the cursor's advance, forward, loss, backward and update; each cuBLAS GEMM as
     one), as ``[(op, kernel), ...]`` in order, and how they were counted.
 
     On the cuda backend (a GPU, or the simulator) one step runs and its launches are recorded.  On

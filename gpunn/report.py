@@ -126,8 +126,8 @@ def format_profile(prof, sort="step") -> str:
     rows = prof.rows(sort)
     lines = [f"gpunn profile: one training step of {prof.model}, batch {prof.batch}, on {prof.device}"]
     if getattr(prof, "step_kernels", None) is not None:
-        lines.append(f"kernels per step on the cuda path: {len(prof.step_kernels)}, with the batch's gather and the "
-                     f"cursor's advance ({prof.step_kernels_how})")
+        lines.append(f"kernels per step on the cuda path: {len(prof.step_kernels)}, the batch's gather (which "
+                     f"moves the cursor on) included ({prof.step_kernels_how})")
     elif getattr(prof, "step_kernels_how", ""):
         lines.append(f"kernels per step: {prof.step_kernels_how}")
     if not prof.meaningful:

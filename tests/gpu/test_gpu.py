@@ -44,6 +44,27 @@ def test_tiled_gemm_on_the_device(m, k, n, trans_a, trans_b, accumulate):
     np.testing.assert_allclose(be.to_numpy(out), want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
 
 
+@pytest.mark.parametrize("n, k, d", [(128, 784, 512), (300, 512, 10), (1000, 513, 700)])
+def test_the_gemm_epilogues_on_the_device(n, k, d):
+    """gpunn's GEMM with its epilogues at training shapes and past 256 rows (two chunks of the bias
+    sum's order): ``linear`` (``gemm_bias_act``) and ``linear_backward`` (``gemm_backward``: both
+    GEMMs, relu's derivative and the row sum) against the reference."""
+    be = cuda_backend(gemm="numba")
+    rng = np.random.default_rng(n + k + d)
+    x, w = rng.standard_normal((n, k)).astype(np.float32), (rng.standard_normal((k, d)) / np.sqrt(k)).astype(np.float32)
+    b, dz = rng.standard_normal(d).astype(np.float32), rng.standard_normal((n, d)).astype(np.float32)
+    s = np.maximum(rng.standard_normal((n, k)), 0).astype(np.float32)  # a relu layer's saved output
+    y, dw, dx, db = np.empty((n, d), np.float32), np.empty((k, d), np.float32), np.empty((n, k), np.float32), \
+        np.empty(k, np.float32)
+    REF.linear(x, w, b, "relu", y)
+    REF.linear_backward(x, dz, w, dw, dx, s, "relu", db)
+    out, gw, gx, gb = be.empty((n, d)), be.empty((k, d)), be.empty((n, k)), be.empty((k,))
+    be.linear(be.asarray(x), be.asarray(w), be.asarray(b), "relu", out)
+    be.linear_backward(be.asarray(x), be.asarray(dz), be.asarray(w), gw, gx, be.asarray(s), "relu", gb)
+    for got, want, K in ((out, y, k), (gw, dw, n), (gx, dx, d), (gb, db, n * d)):
+        np.testing.assert_allclose(be.to_numpy(got), want, rtol=1e-4, atol=1e-4 * np.sqrt(K))
+
+
 def test_grid_stride_paths_on_the_device():
     """Four blocks for 1000 rows of 1500 columns: every row kernel loops over rows and columns."""
     be = cuda_backend(max_blocks=4)
@@ -210,10 +231,16 @@ GRAPH_NETS = {
 }
 
 
+GRAPH_PATHS = {"cublas": {},  # the default step, and the ten-kernel one (gpunn's GEMM and the classifier)
+               "own-gemm-classifier": {"gemm": "numba", "versions": {"softmax_cross_entropy": "classifier"}}}
+
+
+@pytest.mark.parametrize("path", GRAPH_PATHS)
 @pytest.mark.parametrize("net", GRAPH_NETS)
-def test_graph_replay_equals_eager_bit_for_bit(net):
+def test_graph_replay_equals_eager_bit_for_bit(net, path):
     """Two epochs of 22 steps each (a 37-row last batch with a graph of its own), the rate changing every
-    step or every epoch: replaying the captured step gives the bits the eager steps give."""
+    step or every epoch: replaying the captured step gives the bits the eager steps give, on the
+    default path and on the fused one (next_batch's ticket, gemm_backward, the classifier)."""
     from gpunn.train import TrainConfig, Trainer
     from test_train import toy_data
 
@@ -221,7 +248,8 @@ def test_graph_replay_equals_eager_bit_for_bit(net):
     cfg = TrainConfig(epochs=2, batch_size=64, **GRAPH_NETS[net])
     runs = {}
     for graphs in (True, False):
-        t = Trainer(cfg, data, backend=cuda_backend(), graphs=graphs, progress=False, log=lambda s: None)
+        t = Trainer(cfg, data, backend=cuda_backend(**GRAPH_PATHS[path]), graphs=graphs, progress=False,
+                    log=lambda s: None)
         t.fit()
         runs[graphs] = t
     replayed, eager = runs[True], runs[False]

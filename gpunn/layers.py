@@ -124,7 +124,6 @@ class Dense(Layer):
     """
 
     param_names, grad_names = ("W", "b"), ("dW", "db")
-    _folded = False  # the layer above took its input gradient through this layer's activation (see backward)
 
     def __init__(self, in_features, out_features, activation="identity", *, backend=None, rng=None):
         super().__init__(backend)
@@ -183,21 +182,16 @@ class Dense(Layer):
         pre-activation gradient, for ``below.backward(..., bias_grad_done=True)``."""
         self._check_grad(dy, self.out_features)
         be, n = self.backend, dy.shape[0]
-        dz = dy
-        if bias_grad_done:
-            if self.activation != "identity" and not self._folded:
-                raise ValueError(f"{self}: its bias gradient is not dy's row sum (the activation comes between)")
-            self._folded = False
-        elif self.activation != "identity":                            # dz = dy * act'(z); db = Σ_rows dz
+        dz = dy                                                      # (bias_grad_done: so it is, and db is written)
+        if not bias_grad_done and self.activation != "identity":       # dz = dy * act'(z); db = Σ_rows dz
             dz = self._buffer("dz", n, self.out_features)
             be.unchecked.act_bias_backward(self._saved, dy, self.activation, dz, self.db)
-        elif below is not None:
+        elif not bias_grad_done and below is not None:
             with be.branch():
                 be.unchecked.bias_grad(dz, self.db)                  # db = Σ_rows dz
         if below is not None and self.needs_input_grad:              # dW, and dx through below's activation
             dx = self._buffer("dx", n, self.in_features)
             be.unchecked.linear_backward(self._x, dz, self.W, self.dW, dx, below._saved, below.activation, below.db)
-            below._folded = True
             return dx
         with be.branch():                                            # (may run beside dx; see Backend.branch)
             if not bias_grad_done and self.activation == "identity":
@@ -484,6 +478,8 @@ class Sequential:
     def backward(self, dy, output_bias_grad_done=False):
         """The chain rule, last layer first; ``output_bias_grad_done``: the last layer's db was
         already written (into :meth:`output_bias_grad`, by the loss), so it skips its own."""
+        if output_bias_grad_done and self.output_bias_grad() is None:
+            raise ValueError(f"{self.layers[-1]}: its bias gradient is not dy's row sum (not an identity Dense layer)")
         done = output_bias_grad_done  # dy is the pre-activation gradient of the layer next in line
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]

@@ -172,6 +172,10 @@ def test_layers_check_their_boundaries_once():
     with pytest.raises(ShapeError, match=r"\(4, 3\) like the last output, got float32\(2, 3\)"):
         model.backward(np.zeros((2, 3), np.float32))
     model.backward(np.ones_like(out))   # the right gradient goes through
+    sigmoid_out = mlp([7, 5, 3], output_activation="sigmoid", backend=be)
+    sigmoid_out.forward(np.zeros((4, 7), np.float32))
+    with pytest.raises(ValueError, match=r"Dense\(5→3, sigmoid\): its bias gradient is not dy's row sum"):
+        sigmoid_out.backward(np.ones_like(out), output_bias_grad_done=True)  # a loss cannot have summed it
     loss = SoftmaxCrossEntropy(be)
     with pytest.raises(ShapeError, match="loss must have shape"):
         loss(out, np.zeros(4, np.int32), be.zeros((2,)))

@@ -39,6 +39,8 @@ TILE = 32  # out tile is TILE x TILE; K is consumed TILE at a time
 LANES = 8  # threadIdx.y; each thread owns TILE // LANES rows of the tile
 ROWS_PER_THREAD = TILE // LANES
 PADDED = TILE + 1  # shared tiles' row length: transposed stores hit 32 different banks
+# gemm_backward sums its dx tiles' columns with bias_grad's tile_sum, which reads a block of that shape
+assert (TILE, LANES) == (TILE_COLS, ROW_LANES)
 
 
 @cuda.jit(device=True)

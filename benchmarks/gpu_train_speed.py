@@ -48,7 +48,9 @@ Each net's ``kernels_per_step`` (per gpunn contestant) counts every kernel one w
 (gather to cursor advance, cuBLAS GEMMs included), recorded from one step of a synthetic trainer on
 the same backend (:func:`gpunn.profile.step_kernels`); the targets are <= 10 (big) and <= 3 (small).
 
-Also measured: host microseconds per eager op call on the backend (``launch_us``), the time from
+Also measured: host microseconds per eager op call on the backend (``launch_us``), the host's and the
+device's microseconds per replay of the whole step as one graph, default and ten-kernel paths
+(``replay_us``: how much of a replay is host time, which decides whether a whole-epoch graph pays), the time from
 ``python -m gpunn train`` starting to its first queued step, twice (``startup_s``), and the device.
 A contestant or section that fails prints its error in its row and the rest still runs; PyTorch is
 optional.  The results tables and the issue's targets (measured vs target, "met"/"missed"; nothing
@@ -66,7 +68,7 @@ import sys
 
 from benchlib import add_data_options, describe_device, error_text, load_data, report_failure, say, write_json
 from gpu_race import CONTESTANTS, NETS, Stopped, on_sigterm, run_net
-from host_costs import LAUNCH_CALLS, LAUNCH_WARMUP, measure_launch, measure_startup
+from host_costs import LAUNCH_CALLS, LAUNCH_WARMUP, REPLAYS, measure_launch, measure_replay, measure_startup
 
 #: the issue's targets
 # issue 18's targets (fewer, fuller kernels): each gpunn contestant's seconds per epoch and kernels
@@ -187,6 +189,17 @@ def print_summary(results, args):
         for name in ("_bias_act", "bias_act", "_sgd_update"):
             err = (launch.get("errors") or {}).get(name)
             say(f"  {name:<12} {fmt(launch.get(name), '8.2f')} µs" + (f"  ERROR: {err}" if err else ""))
+    replay = results.get("replay_us")
+    if replay:
+        say(f"\nreplay_us: µs per replay of the default network's whole step as one CUDA graph ({REPLAYS} replays): "
+            "the host's to issue it, the device's to finish it")
+        if replay.get("error"):
+            say(f"  not measured: {replay['error']}")
+        for path in (p for p in replay if isinstance(replay[p], dict)):
+            r = replay[path]
+            say(f"  {path:<9} " + (f"ERROR: {r['error']}" if r.get("error") else
+                                   f"host {fmt(r['host_us'], '7.2f')} µs, device {fmt(r['device_us'], '7.2f')} µs "
+                                   f"({100 * r['host_share']:.0f}% host), {r['kernels_per_step']} kernels"))
     startup = results.get("startup_s")
     if startup:
         say("\nstartup_s: `python -m gpunn train --epochs 1` (all of MNIST), seconds from its start to its first queued step")
@@ -213,7 +226,7 @@ def main(argv=None):
     results = {"device": device,
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "command": command, "backend": args.backend, "epochs": args.epochs, "versions": versions,
-               "nets": {}, "launch_us": None, "startup_s": None, "notes": [], "targets": []}
+               "nets": {}, "launch_us": None, "replay_us": None, "startup_s": None, "notes": [], "targets": []}
     notes = results["notes"]
     skipped = [c for c in CONTESTANTS if c not in args.only]
     if skipped:
@@ -273,28 +286,33 @@ def measure_all(args, data, keys, results, save):
     if args.skip_launch:
         notes.append("launch_us: skipped (--skip-launch)")
     else:
-        say(f"\n== launch_us ({args.backend} backend)")
-        try:
-            results["launch_us"] = measure_launch(args.backend)
-        except Exception as exc:
-            report_failure("launch_us", exc)
-            notes.append(f"launch_us: not measured ({error_text(exc)})")
+        measured(results, "launch_us", f"{args.backend} backend", lambda: measure_launch(args.backend))
         save()
+    measured(results, "replay_us", f"the whole step as one CUDA graph, {REPLAYS} replays",
+             lambda: measure_replay(args.backend))
+    save()
     if args.skip_startup:
         notes.append("startup_s: skipped (--skip-startup)")
     else:
-        say("\n== startup_s (python -m gpunn train, twice)")
-        try:
-            results["startup_s"] = measure_startup(args)
+        if measured(results, "startup_s", "python -m gpunn train, twice", lambda: measure_startup(args)):
             for i, run in enumerate(results["startup_s"]["runs"], 1):
                 if run.get("error"):
                     notes.append(f"startup_s run {i}: {run['error']}")
             notes.append("startup_s: both runs use a fresh $GPUNN_CACHE_DIR: the first compiles every kernel, "
                          "the second loads them from the cache the first filled")
-        except Exception as exc:
-            report_failure("startup_s", exc)
-            notes.append(f"startup_s: not measured ({error_text(exc)})")
         save()
+
+
+def measured(results, key, what, measure) -> bool:
+    """``results[key] = measure()`` under a heading; a failure is reported and noted, not raised."""
+    say(f"\n== {key} ({what})")
+    try:
+        results[key] = measure()
+        return True
+    except Exception as exc:
+        report_failure(key, exc)
+        results["notes"].append(f"{key}: not measured ({error_text(exc)})")
+        return False
 
 
 if __name__ == "__main__":

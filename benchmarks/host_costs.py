@@ -1,4 +1,5 @@
-"""The host's costs on a backend: microseconds per eager op call (``launch_us``) and the seconds
+"""The host's costs on a backend: microseconds per eager op call (``launch_us``), the host's and the
+device's microseconds per replay of the whole step as one CUDA graph (``replay_us``), and the seconds
 from ``python -m gpunn train`` starting to its first queued step (``startup_s``)."""
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from benchlib import REPO, data_folder, error_text, report_failure, say
 
 #: launch_us: calls timed, after this many untimed ones; the flat parameter of the big net
 LAUNCH_CALLS, LAUNCH_WARMUP, BIG_PARAMETERS = 2000, 50, 669_706
+#: replay_us: replays timed (the cursor walks through as many synthetic batches), and the paths:
+#: the default step and the ten-kernel one (gpunn's GEMM and the classifier, issue 18)
+REPLAYS = 200
+REPLAY_PATHS = {"default": {}, "own_gemm": {"gemm": "numba", "versions": {"softmax_cross_entropy": "classifier"}}}
 
 
 def measure_launch(backend):
@@ -53,6 +58,57 @@ def measure_launch(backend):
             result[name] = None
             result.setdefault("errors", {})[name] = error_text(exc)
             report_failure(f"launch_us/{name}", exc)
+    return result
+
+
+def measure_replay(backend):
+    """Per path (:data:`REPLAY_PATHS`), µs per replay of the default network's whole step (``next_batch``
+    to the update) captured as one CUDA graph: ``host_us``, the host's time to issue REPLAYS replays
+    (nothing waits: a replay is queued, and the GPU is slower than the host at them), and
+    ``device_us``, the same replays' wall time up to the device's synchronisation.  ``host_share`` is
+    the first over the second: how much a whole epoch as one graph (a WHILE node) could save."""
+    import numpy as np
+
+    from gpunn.backend import get_backend
+    from gpunn.profile import step_kernels, synthetic_trainer
+    from gpunn.train import TrainConfig
+
+    result, cfg = {"replays": REPLAYS}, TrainConfig()
+    probe = get_backend(backend, quiet=True)
+    if probe.name != "cuda" or getattr(probe, "simulated", False):
+        result["error"] = f"the {'CUDA simulator' if probe.name == 'cuda' else probe.name + ' backend'} has no CUDA graphs"
+        say(f"  not measured: {result['error']}")
+        return result
+    for path, options in REPLAY_PATHS.items():
+        try:
+            be = get_backend(backend, quiet=True, **options)
+            trainer = synthetic_trainer(cfg, be, batches=REPLAYS + 1)
+            n, cursor = cfg.batch_size, trainer.loop.cursor
+
+            def rewind():
+                be.upload(np.zeros(2, np.int32), cursor)
+                be.synchronize()
+
+            step = lambda: trainer.device_step(n)  # noqa: E731
+            step()  # compiled, allocated
+            graph = be.capture(step)
+            rewind()
+            graph()  # the first replay (uploads the graph)
+            rewind()
+            t0 = time.perf_counter()
+            for _ in range(REPLAYS):
+                graph()
+            host = time.perf_counter() - t0
+            be.synchronize()
+            wall = time.perf_counter() - t0
+            kernels, _ = step_kernels(cfg, be)
+            result[path] = {"host_us": host / REPLAYS * 1e6, "device_us": wall / REPLAYS * 1e6,
+                            "host_share": host / wall, "kernels_per_step": None if kernels is None else len(kernels)}
+            say(f"  {path:<9} host {result[path]['host_us']:7.2f} µs, device {result[path]['device_us']:7.2f} µs "
+                f"per replay ({100 * host / wall:.0f}% host), {result[path]['kernels_per_step']} kernels")
+        except Exception as exc:
+            result[path] = {"error": error_text(exc)}
+            say(f"  {path:<9} not measured: {error_text(exc)}")
     return result
 
 

@@ -33,7 +33,9 @@ def test_cpu_smoke_run_writes_the_schema(tmp_path):
     out = run("--backend", "numpy", "--only", "gpunn,gpunn_eager", "--epochs", "2", "--net", "small",
               "--synthetic", "1000", "--skip-startup", "--skip-launch", "--json", str(path))
     r = json.loads(path.read_text())
-    assert {"device", "date", "command", "nets", "launch_us", "startup_s", "notes"} <= r.keys()
+    assert {"device", "date", "command", "nets", "launch_us", "replay_us", "startup_s", "notes"} <= r.keys()
+    assert r["replay_us"] == {"replays": 200, "error": "the numpy backend has no CUDA graphs"}  # said, not timed
+    assert "replay_us: µs per replay" in out and "not measured: the numpy backend has no CUDA graphs" in out
     assert isinstance(r["device"], str) and r["device"] and "gpu_train_speed.py" in r["command"]
     assert r["date"][:4].isdigit() and r["date"][4] == "-"
     assert list(r["nets"]) == ["small"]

@@ -44,6 +44,27 @@ def array(op, name, a, shape=None, dtype=float32, ndim=None, backend=None):
         raise ShapeError(f"{op}: {name} must be C-contiguous")
 
 
+def distinct(op, out_name, out, **others):
+    """Raise ShapeError when the output ``out`` (None: no output) shares memory with one of ``others``
+    (by name; None skipped): a kernel that reads them while it writes ``out`` would read what it has just written
+    (a GEMM's tiles, an epilogue's saved activations).  Both C-contiguous (``array`` checked them)."""
+    if out is None or out.nbytes == 0:
+        return
+    lo, hi = _span(out)
+    for name, a in others.items():
+        if a is None or a.nbytes == 0:
+            continue
+        a_lo, a_hi = _span(a)
+        if lo < a_hi and a_lo < hi:
+            raise ShapeError(f"{op}: {out_name} must not share memory with {name}")
+
+
+def _span(a):
+    """``(first, end)`` byte addresses of a C-contiguous NumPy or CuPy array."""
+    first = a.data.ptr if hasattr(a.data, "ptr") else a.__array_interface__["data"][0]
+    return first, first + a.nbytes
+
+
 def array_type(op, name, a, backend):
     """Raise ShapeError unless ``a`` is an array of ``backend``'s own kind (``backend.xp.ndarray``:
     a CuPy array on a GPU; a NumPy array on the CPU and in the simulator, whose device memory

@@ -111,22 +111,25 @@ def test_eval_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
 def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     ck = tmp_path / "ck.npz"
     env = {**os.environ, "GPUNN_DATA_DIR": str(mnist_dir()), "PYTHONUNBUFFERED": "1"}
-    p = subprocess.Popen([sys.executable, "-m", "gpunn", "train", "--backend", "numpy", "--train-samples", "20000",
+    p = subprocess.Popen([sys.executable, "-m", "gpunn", "train", "--backend", "numpy", "--train-samples", "60000",
                           "--test-samples", "200", "--hidden", "64", "--epochs", "50", "--batch-size", "8", "--save", str(ck)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
-    while not ck.exists() and time.time() < deadline and p.poll() is None:   # first epoch saved
-        time.sleep(0.1)
-    time.sleep(0.3)  # well inside epoch 2: 2,500 small steps an epoch, so its end (evaluate, save) is a sliver of it
+    while not ck.exists() and time.time() < deadline and p.poll() is None:   # the first epoch's end saved
+        time.sleep(0.01)
+    # 0.05 s into epoch 2, which is 7,500 small steps (0.4 s or more on any machine; a step of this net
+    # takes well under 0.05 s): the interrupt lands mid-epoch, not at an epoch's end, whatever the speed.
+    # (Sleeping longer, into a later epoch, landed on an epoch's end when epochs were fast: CI went red.)
+    time.sleep(0.05)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert "Resume with: gpunn train --resume" in err and "Traceback" not in err
     from gpunn import checkpoint
     meta = checkpoint.load(ck)[0]
-    assert meta["epoch"] >= 1 and meta["step"] > 0          # saved mid-epoch, at the current step
+    assert meta["epoch"] == 1 and meta["step"] > 0          # saved mid-epoch 2, at the current step
     r = gpunn("train", "--resume", ck, "--save", ck, "--epochs", str(meta["epoch"] + 1), "--backend", "numpy",
-              "--train-samples", "20000", "--test-samples", "200")   # a run saves only where --save says
+              "--train-samples", "60000", "--test-samples", "200")   # a run saves only where --save says
     assert r.returncode == 0, r.stderr
     assert checkpoint.load(ck)[0]["epoch"] == meta["epoch"] + 1
     r = gpunn("train", "--resume", ck, "--lr", "0.5")

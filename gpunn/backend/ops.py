@@ -31,7 +31,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from gpunn.checks import (BETA, DROP_PROBABILITY, EPSILON, MOMENTUM, SEED32, WEIGHT_DECAY, array, int32,
+from gpunn.checks import (BETA, DROP_PROBABILITY, EPSILON, MOMENTUM, SEED32, WEIGHT_DECAY, array, distinct, int32,
                           labels_in_range, loss_args, rate)
 from gpunn.errors import ShapeError
 from gpunn.kernels.activations import ACTIVATIONS as ACTIVATION_RECORDS
@@ -298,6 +298,7 @@ def gemm(backend, a, b, out, trans_a=False, trans_b=False, accumulate=False):
     if k != kb:
         raise ShapeError(f"gemm: inner dimensions differ: op(a) is {(m, k)}, op(b) is {(kb, n)}")
     array("gemm", "out", out, shape=(m, n), dtype=backend.dtype, backend=backend)
+    distinct("gemm", "out", out, a=a, b=b)
     return a, b, out, trans_a, trans_b, accumulate
 
 
@@ -327,6 +328,7 @@ def linear(backend, x, w, bias, act, out):
     if bias is not None:
         array("linear", "bias", bias, shape=(w.shape[1],), dtype=backend.dtype, backend=backend)
     array("linear", "out", out, shape=(x.shape[0], w.shape[1]), dtype=backend.dtype, backend=backend)
+    distinct("linear", "out", out, x=x, w=w, bias=bias)
     return x, w, bias, act, out
 
 
@@ -357,6 +359,9 @@ def linear_backward(backend, x, dz, w, dw, dx, s, act, dx_bias):
         array("linear_backward", "s", s, shape=(n, k), dtype=backend.dtype, backend=backend)
     if dx_bias is not None:
         array("linear_backward", "dx_bias", dx_bias, shape=(k,), dtype=backend.dtype, backend=backend)
+    distinct("linear_backward", "dw", dw, x=x, dz=dz, w=w, dx=dx, s=s, dx_bias=dx_bias)
+    distinct("linear_backward", "dx", dx, x=x, dz=dz, w=w, s=s, dx_bias=dx_bias)
+    distinct("linear_backward", "dx_bias", dx_bias, x=x, dz=dz, w=w, s=s)
     return x, dz, w, dw, dx, s, act, dx_bias
 
 

@@ -481,6 +481,8 @@ def test_linear_checks_its_arguments(backend):
         be.linear(x, w, None, "relu", be.zeros((4, 3)))
     with pytest.raises(ValueError, match="linear: unknown activation 'swish'"):
         be.linear(x, w, None, "swish", out)
+    with pytest.raises(ShapeError, match="linear: out must not share memory with x"):
+        be.linear(x, be.zeros((3, 3)), None, "relu", x)
 
 
 # ---------------------------------------------------------------------------- a dense layer's backward
@@ -515,6 +517,14 @@ def test_linear_backward_checks_its_arguments(backend):
         be.linear_backward(x, dz, w, be.zeros((3, 2)), dx, None, "relu", None)
     with pytest.raises(ShapeError, match=r"linear_backward: dx_bias must have shape \(3,\)"):
         be.linear_backward(x, dz, w, be.zeros((3, 2)), dx, x, "relu", be.zeros((2,)))
+    # an output that is an input (or a view of one) would be read by the kernel as it writes it
+    with pytest.raises(ShapeError, match="linear_backward: dw must not share memory with w"):
+        be.linear_backward(x, dz, w, w, dx, None, "identity", None)
+    with pytest.raises(ShapeError, match="linear_backward: dx must not share memory with s"):
+        be.linear_backward(x, dz, w, be.zeros((3, 2)), dx, dx, "relu", None)
+    flat = be.zeros((4 * 3 + 3,))
+    with pytest.raises(ShapeError, match="linear_backward: dx_bias must not share memory with x"):
+        be.linear_backward(flat[:12].reshape(4, 3), dz, w, be.zeros((3, 2)), dx, None, "identity", flat[11:14])
 
 
 # ---------------------------------------------------------------------------- the narrow step

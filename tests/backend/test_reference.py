@@ -28,6 +28,9 @@ def test_gemm_with_transposes_and_accumulate():
     assert out3.tolist() == [[5, 14], [14, 50]]
     with pytest.raises(ShapeError, match="inner dimensions"):
         be.gemm(a, a, out3)
+    square = np.eye(3, dtype=np.float32)
+    with pytest.raises(ShapeError, match="gemm: out must not share memory with a"):
+        be.gemm(square, np.eye(3, dtype=np.float32), square)  # the product would read what it writes
 
 
 def test_bias_act_each_activation():

@@ -45,7 +45,7 @@ epoch's time is the wall time of its training loop between two device synchronis
 contestant is a warm-up (compilation, cuBLAS set-up, graph capture) and is left out of the median.
 
 Each net's ``kernels_per_step`` (per gpunn contestant) counts every kernel one whole step launches
-(gather to cursor advance, cuBLAS GEMMs included), recorded from one step of a synthetic trainer on
+(the gather, which moves the cursor on, to the update; cuBLAS GEMMs included), recorded from one step of a synthetic trainer on
 the same backend (:func:`gpunn.profile.step_kernels`); the targets are <= 10 (big) and <= 3 (small).
 
 Also measured: host microseconds per eager op call on the backend (``launch_us``), the host's and the

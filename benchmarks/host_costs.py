@@ -76,7 +76,8 @@ def measure_replay(backend):
     result, cfg = {"replays": REPLAYS}, TrainConfig()
     probe = get_backend(backend, quiet=True)
     if probe.name != "cuda" or getattr(probe, "simulated", False):
-        result["error"] = f"the {'CUDA simulator' if probe.name == 'cuda' else probe.name + ' backend'} has no CUDA graphs"
+        where = "CUDA simulator" if probe.name == "cuda" else f"{probe.name} backend"
+        result["error"] = f"the {where} has no CUDA graphs"
         say(f"  not measured: {result['error']}")
         return result
     for path, options in REPLAY_PATHS.items():

@@ -45,9 +45,10 @@ def array(op, name, a, shape=None, dtype=float32, ndim=None, backend=None):
 
 
 def distinct(op, out_name, out, **others):
-    """Raise ShapeError when the output ``out`` (None: no output) shares memory with one of ``others``
-    (by name; None skipped): a kernel that reads them while it writes ``out`` would read what it has just written
-    (a GEMM's tiles, an epilogue's saved activations).  Both C-contiguous (``array`` checked them)."""
+    """Raise ShapeError when the output ``out`` (None: no output) shares memory with one of
+    ``others`` (by name; None skipped): a kernel that reads them while it writes ``out`` would read
+    what it has just written (a GEMM's tiles, an epilogue's saved activations).  All C-contiguous
+    (``array`` checked them)."""
     if out is None or out.nbytes == 0:
         return
     lo, hi = _span(out)

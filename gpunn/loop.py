@@ -2,7 +2,7 @@
 
 * :class:`DeviceLoop` holds, in device memory, everything a step reads that is not a weight: the
   epoch's order of examples, a cursor (position in that order, step in the epoch), the epoch's
-  table of learning rates and the next step's rate, the batch buffers, and the epoch's sums of
+  table of learning rates and the step's rate, the batch buffers, and the epoch's sums of
   the loss and of correct predictions.  Its :meth:`~DeviceLoop.step` is ``next_batch →
   train_step`` with no number passed from the host.
 * :class:`GraphedStep` runs such a step as a CUDA graph, one per batch size (the full batch, and a

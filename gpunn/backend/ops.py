@@ -568,7 +568,8 @@ def gather_batch(backend, x, labels, order, cursor, xb, yb):
     so a step captured as a CUDA graph trains on a new batch at every replay.
 
     This checked form reads the cursor and that part of ``order`` back to validate
-    them (on a GPU, a synchronisation); the trainer calls ``unchecked.next_batch`` (this gather, the rate and the advance)."""
+    them (on a GPU, a synchronisation); the trainer calls ``unchecked.next_batch`` (this
+    gather, the step's rate and the cursor's advance)."""
     _check_batch("gather_batch", backend, x, labels, order, cursor, xb, yb)
     return x, labels, order, cursor, xb, yb
 
